@@ -1,0 +1,1 @@
+//! Stockade guest SDK (WebAssembly tasks); filled in by the WebAssembly issue.

@@ -1,0 +1,5 @@
+//! The `stockade` command; see [`stockade::cli`].
+
+fn main() -> std::process::ExitCode {
+    stockade::cli::main()
+}

@@ -1,0 +1,364 @@
+//! The `stockade` command: `scheduler`, `worker`, `status`, `bench`.
+//!
+//! Data goes to stdout (the scheduler's ready line, `status` output, benchmark
+//! figures); logs go to stderr. Errors end with a `hint:`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{Client, ClientOptions};
+use crate::net::{self, tls::Identity, SchedulerFile, Target};
+use crate::proto::{Builtin, Outcome, TaskKind};
+use crate::scheduler::{self, state::SchedulerConfig, SchedulerOptions};
+use crate::tenancy::Tenants;
+use crate::worker::{self, BuiltinExecutor, WorkerOptions};
+
+/// Stockade: run joblib workloads and WebAssembly tasks on a shared cluster.
+#[derive(Debug, Parser)]
+#[command(name = "stockade", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a scheduler.
+    Scheduler(SchedulerArgs),
+    /// Start a worker and connect it to a scheduler.
+    Worker(WorkerArgs),
+    /// Show workers, slots and task counts of a scheduler.
+    Status(StatusArgs),
+    /// Run built-in tasks through a scheduler and print throughput and latency.
+    Bench(BenchArgs),
+}
+
+/// How to reach a scheduler; shared by every command that connects.
+#[derive(Debug, Args)]
+struct Connect {
+    /// Scheduler address, HOST:PORT (optional with --scheduler-file).
+    scheduler: Option<String>,
+    /// Scheduler file written by `stockade scheduler --scheduler-file`.
+    #[arg(long, env = "STOCKADE_SCHEDULER_FILE")]
+    scheduler_file: Option<PathBuf>,
+    /// Access token (default: the one in the scheduler file).
+    #[arg(long, env = "STOCKADE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Verify the scheduler with this CA (PEM) instead of a pinned fingerprint.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Seconds to wait for the scheduler.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+}
+
+impl Connect {
+    fn target(&self) -> anyhow::Result<Target> {
+        Ok(Target::resolve(self.scheduler.as_deref(), self.scheduler_file.as_deref(), self.token.clone(), self.ca_file.clone())?)
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout.max(0.1))
+    }
+}
+
+#[derive(Debug, Args)]
+struct SchedulerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// UDP port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8786)]
+    port: u16,
+    /// Also write the scheduler file here (it always goes to the per-user default too).
+    #[arg(long)]
+    scheduler_file: Option<PathBuf>,
+    /// Tenants and tokens (`[[tenant]] name, token`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Token of the default tenant (default: a fresh random one).
+    #[arg(long, env = "STOCKADE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Accept connections without a token (only when listening on loopback).
+    #[arg(long)]
+    no_token: bool,
+    /// PEM certificate to present (default: a fresh self-signed one).
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Milliseconds between worker heartbeats.
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_interval_ms: u64,
+    /// Milliseconds of silence after which a worker is declared lost.
+    #[arg(long, default_value_t = 10_000)]
+    heartbeat_timeout_ms: u64,
+    /// A task fails with WorkerLost after this many workers were lost running it.
+    #[arg(long, default_value_t = 3)]
+    allowed_failures: u32,
+}
+
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    connect: Connect,
+    /// Tasks run at once (default: number of CPUs).
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Name shown by `status` (default: host name and process id).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    connect: Connect,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    connect: Connect,
+    /// Number of tasks for the throughput run.
+    #[arg(long, default_value_t = 10_000)]
+    tasks: usize,
+    /// Built-in kind: noop, echo or sleep.
+    #[arg(long, default_value = "noop")]
+    kind: String,
+    /// Payload of each task (for sleep: milliseconds).
+    #[arg(long, default_value = "")]
+    payload: String,
+    /// Number of one-at-a-time tasks for the latency run (0 skips it).
+    #[arg(long, default_value_t = 1000)]
+    latency_tasks: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the command line; the binary's `main` is only this.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Scheduler(args) => run_scheduler(args).await,
+            Command::Worker(args) => run_worker(args).await,
+            Command::Status(args) => run_status(args).await,
+            Command::Bench(args) => run_bench(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let mut message = format!("error: {e}");
+            for cause in e.chain().skip(1) {
+                message.push_str(&format!("\n  caused by: {cause}"));
+            }
+            eprintln!("{message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
+    let listen: SocketAddr = net::endpoint::resolve(&format!("{}:{}", args.host, args.port))?;
+    let tenants = match (&args.config, &args.token, args.no_token) {
+        (Some(path), _, _) => Tenants::from_config(path)?,
+        (None, _, true) => {
+            if !scheduler::is_loopback(&listen) {
+                bail!("--no-token is only allowed on a loopback address, not {listen}; hint: drop --no-token and give clients the scheduler file");
+            }
+            tracing::warn!("running WITHOUT tokens: anyone on this machine can connect (loopback only)");
+            Tenants::open()
+        }
+        (None, Some(token), false) => Tenants::single(token.clone()),
+        (None, None, false) => Tenants::generated(),
+    };
+    let identity = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => Identity::from_pem_files(cert, key)?,
+        _ => Identity::self_signed(&[args.host.clone()])?,
+    };
+    let endpoint = net::server_endpoint(listen, &identity)?;
+    let local = endpoint.local_addr().context("reading the bound address")?;
+    let file = SchedulerFile {
+        address: local.to_string(),
+        fingerprint: identity.fingerprint(),
+        token: tenants.default_token().unwrap_or_default().to_string(),
+        pid: std::process::id(),
+    };
+    let default_path = SchedulerFile::default_path(local.port());
+    file.write(&default_path)?;
+    if let Some(path) = &args.scheduler_file {
+        file.write(path)?;
+    }
+    let ready = serde_json::json!({
+        "event": "ready",
+        "address": local.to_string(),
+        "fingerprint": file.fingerprint,
+        "scheduler_file": args.scheduler_file.as_ref().unwrap_or(&default_path),
+    });
+    println!("{ready}");
+    tracing::info!(address = %local, "scheduler listening");
+    let options = SchedulerOptions {
+        tenants,
+        core: SchedulerConfig {
+            allowed_failures: args.allowed_failures.max(1),
+            heartbeat_timeout: Duration::from_millis(args.heartbeat_timeout_ms),
+            ..SchedulerConfig::default()
+        },
+        heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.max(10)),
+        ..SchedulerOptions::default()
+    };
+    scheduler::run(endpoint, options, shutdown_signal()).await;
+    SchedulerFile::remove_if_ours(&default_path);
+    if let Some(path) = &args.scheduler_file {
+        SchedulerFile::remove_if_ours(path);
+    }
+    Ok(())
+}
+
+async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let target = args.connect.target()?;
+    let slots = args.slots.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1));
+    let name = args.name.unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let options = WorkerOptions {
+        target,
+        name: name.clone(),
+        slots,
+        executor: Arc::new(BuiltinExecutor),
+        connect_timeout: args.connect.timeout(),
+    };
+    worker::run(options, shutdown_signal(), |id| {
+        println!("{}", serde_json::json!({"event": "ready", "worker": id, "name": name, "slots": slots}));
+    })
+    .await?;
+    Ok(())
+}
+
+async fn connect_client(connect: &Connect, name: &str) -> anyhow::Result<Client> {
+    let options = ClientOptions { target: connect.target()?, name: name.to_string(), connect_timeout: connect.timeout() };
+    Ok(Client::connect(options).await?)
+}
+
+async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
+    let client = connect_client(&args.connect, "status").await?;
+    let info = client.scheduler_info(args.connect.timeout()).await?;
+    client.close().await;
+    if args.json {
+        println!("{}", serde_json::to_string(&info)?);
+        return Ok(());
+    }
+    let slots: u32 = info.workers.iter().map(|w| w.slots).sum();
+    println!("workers: {}   slots: {}   sessions: {}", info.workers.len(), slots, info.sessions.len());
+    println!(
+        "tasks:   queued {}   running {}   done {}   failed {}",
+        info.tasks.queued, info.tasks.running, info.tasks.done, info.tasks.failed
+    );
+    if !info.workers.is_empty() {
+        println!("\n{:<6} {:<28} {:<22} {:>5} {:>8} {:>10}", "ID", "NAME", "ADDRESS", "SLOTS", "RUNNING", "DONE");
+        for w in &info.workers {
+            println!("{:<6} {:<28} {:<22} {:>5} {:>8} {:>10}", w.id, w.name, w.address, w.slots, w.running, w.done);
+        }
+    }
+    Ok(())
+}
+
+fn builtin(kind: &str) -> anyhow::Result<Builtin> {
+    Ok(match kind {
+        "noop" => Builtin::Noop,
+        "echo" => Builtin::Echo,
+        "sleep" => Builtin::Sleep,
+        "fail" => Builtin::Fail,
+        other => bail!("unknown built-in kind {other:?}; hint: use noop, echo, sleep or fail"),
+    })
+}
+
+async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    let kind = TaskKind::Builtin(builtin(&args.kind)?);
+    let client = connect_client(&args.connect, "bench").await?;
+    let payload = args.payload.into_bytes();
+
+    // Throughput: everything submitted at once, as a joblib batch stream would.
+    let started = Instant::now();
+    let handles = client.submit_many((0..args.tasks).map(|_| (kind, payload.clone())).collect())?;
+    let mut failed = 0usize;
+    for handle in handles {
+        if !matches!(handle.await?, Outcome::Ok(_)) {
+            failed += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let throughput = args.tasks as f64 / elapsed.max(1e-9);
+
+    // Latency: one task at a time, submit to result.
+    let mut samples = Vec::with_capacity(args.latency_tasks);
+    for _ in 0..args.latency_tasks {
+        let t = Instant::now();
+        client.submit(kind, payload.clone())?.await?;
+        samples.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    samples.sort_by(f64::total_cmp);
+    let pct = |p: f64| samples.get(((samples.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
+    let (p50, p99) = (pct(0.5), pct(0.99));
+    client.close().await;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"tasks": args.tasks, "failed": failed, "seconds": elapsed, "tasks_per_second": throughput,
+                               "latency_ms_p50": p50, "latency_ms_p99": p99})
+        );
+    } else {
+        println!("{} {} tasks in {:.3} s: {:.0} tasks/s, {:.2} µs per task ({} failed)", args.tasks, args.kind, elapsed, throughput, 1e6 / throughput, failed);
+        if !samples.is_empty() {
+            println!("one task at a time ({}): submit-to-result median {:.3} ms, p99 {:.3} ms", samples.len(), p50, p99);
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} tasks failed");
+    }
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "worker".into())
+}

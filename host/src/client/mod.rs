@@ -1,0 +1,308 @@
+//! The Rust client: connect, submit, await results, cancel, ask for scheduler info.
+//!
+//! One connection, one control stream. Submissions go through a writer task that sends
+//! whatever has queued up in one frame, so `submit` never blocks on the network; a
+//! reader task completes each task's [`Completion`] exactly once: with the outcome, or
+//! with [`ClientError::ConnectionLost`] if the scheduler goes away first.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::net::{dial, DialError, Target};
+use crate::proto::{
+    ClientHello, CloseCode, FrameError, FromClient, Outcome, Peer, SchedulerInfo, TaskId, TaskKind, TaskSpec, ToClient,
+};
+
+/// Errors of the client API.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting failed; the message says why and what to do.
+    #[error("{0}")]
+    Connect(String),
+    /// The connection to the scheduler ended; unfinished tasks will not complete.
+    /// Reconnecting and resubmitting may help.
+    #[error("lost the connection to the scheduler: {0}")]
+    ConnectionLost(String),
+    /// The client was closed.
+    #[error("the client is closed")]
+    Closed,
+    /// No answer within the bound.
+    #[error("no answer from the scheduler within {0:?}")]
+    Timeout(Duration),
+}
+
+impl From<DialError> for ClientError {
+    fn from(e: DialError) -> Self {
+        Self::Connect(e.to_string())
+    }
+}
+
+/// Called once with a task's final outcome.
+pub type Completion = Box<dyn FnOnce(Result<Outcome, ClientError>) + Send + 'static>;
+
+/// How to reach the scheduler.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The scheduler.
+    pub target: Target,
+    /// Name shown by `status`.
+    pub name: String,
+    /// Bound on connecting.
+    pub connect_timeout: Duration,
+}
+
+struct Shared {
+    pending: Mutex<HashMap<TaskId, Completion>>,
+    info_waiters: Mutex<HashMap<u64, oneshot::Sender<SchedulerInfo>>>,
+    /// Set once the connection ends; later submissions fail at once.
+    dead: Mutex<Option<ClientError>>,
+}
+
+impl Shared {
+    fn fail_all(&self, error: ClientError) {
+        let pending: Vec<Completion> = match self.pending.lock() {
+            Ok(mut p) => p.drain().map(|(_, c)| c).collect(),
+            Err(_) => Vec::new(),
+        };
+        if let Ok(mut dead) = self.dead.lock() {
+            dead.get_or_insert(error.clone());
+        }
+        if let Ok(mut w) = self.info_waiters.lock() {
+            w.clear();
+        }
+        for completion in pending {
+            completion(Err(error.clone()));
+        }
+    }
+}
+
+/// A connected client. Cheap to clone; the connection closes when the last clone is
+/// dropped or [`Client::close`] is called.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<FromClient>,
+    conn: quinn::Connection,
+    endpoint: quinn::Endpoint,
+    next_id: Arc<AtomicU64>,
+    tenant: Arc<str>,
+    session: u64,
+}
+
+impl Client {
+    /// Connects and authenticates.
+    pub async fn connect(options: ClientOptions) -> Result<Self, ClientError> {
+        let connected = dial(&options.target, Peer::Client(ClientHello { name: options.name }), options.connect_timeout).await?;
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            info_waiters: Mutex::new(HashMap::new()),
+            dead: Mutex::new(None),
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel::<FromClient>();
+        let mut writer = connected.writer;
+        let mut reader = connected.reader;
+        let conn = connected.conn.clone();
+
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(64);
+            while rx.recv_many(&mut batch, 64).await > 0 {
+                let mut submit: Vec<TaskSpec> = Vec::new();
+                let mut result = Ok(());
+                for msg in batch.drain(..) {
+                    match msg {
+                        FromClient::Submit(tasks) => submit.extend(tasks),
+                        other => {
+                            // Keep order: submissions before a cancel go out first.
+                            if !submit.is_empty() {
+                                result = result.and(writer.push(&FromClient::Submit(std::mem::take(&mut submit))));
+                            }
+                            result = result.and(writer.push(&other));
+                        }
+                    }
+                }
+                if !submit.is_empty() {
+                    result = result.and(writer.push(&FromClient::Submit(submit)));
+                }
+                if let Err(e) = result.and(writer.flush().await) {
+                    tracing::debug!(error = %e, "client writer stopped");
+                    break;
+                }
+            }
+            let _ = writer.get_mut().finish();
+        });
+
+        let reader_shared = shared.clone();
+        let reader_conn = conn.clone();
+        tokio::spawn(async move {
+            let end: Result<(), FrameError> = async {
+                while let Some(msg) = reader.next::<ToClient>().await? {
+                    match msg {
+                        ToClient::Results(results) => {
+                            let completions: Vec<(Completion, Outcome)> = match reader_shared.pending.lock() {
+                                Ok(mut pending) => results
+                                    .into_iter()
+                                    .filter_map(|r| pending.remove(&r.id).map(|c| (c, r.outcome)))
+                                    .collect(),
+                                Err(_) => Vec::new(),
+                            };
+                            for (completion, outcome) in completions {
+                                completion(Ok(outcome));
+                            }
+                        }
+                        ToClient::Info(request, info) => {
+                            let waiter = reader_shared.info_waiters.lock().ok().and_then(|mut w| w.remove(&request));
+                            if let Some(waiter) = waiter {
+                                let _ = waiter.send(info);
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            let reason = match (reader_conn.close_reason(), end) {
+                (Some(quinn::ConnectionError::LocallyClosed), _) => ClientError::Closed,
+                (Some(quinn::ConnectionError::ApplicationClosed(close)), _) => {
+                    let code = CloseCode::from_code(close.error_code);
+                    if code == Some(CloseCode::Normal) {
+                        ClientError::Closed
+                    } else {
+                        ClientError::ConnectionLost(String::from_utf8_lossy(&close.reason).into_owned())
+                    }
+                }
+                (Some(other), _) => ClientError::ConnectionLost(other.to_string()),
+                (None, Err(e)) => ClientError::ConnectionLost(e.to_string()),
+                (None, Ok(())) => ClientError::ConnectionLost("the scheduler closed the stream".into()),
+            };
+            reader_shared.fail_all(reason);
+        });
+
+        Ok(Self {
+            shared,
+            tx,
+            conn,
+            endpoint: connected.endpoint,
+            next_id: Arc::new(AtomicU64::new(1)),
+            tenant: Arc::from(connected.welcome.tenant.as_str()),
+            session: connected.welcome.id,
+        })
+    }
+
+    /// The tenant this client's token belongs to.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// This client's session id on the scheduler.
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    /// Submits tasks; each completion is called exactly once. Returns their ids.
+    pub fn submit_with(&self, tasks: Vec<(TaskKind, Vec<u8>, Completion)>) -> Result<Vec<TaskId>, ClientError> {
+        if let Some(e) = self.shared.dead.lock().ok().and_then(|d| d.clone()) {
+            return Err(e);
+        }
+        let first = self.next_id.fetch_add(tasks.len() as u64, Ordering::Relaxed);
+        let mut specs = Vec::with_capacity(tasks.len());
+        let mut ids = Vec::with_capacity(tasks.len());
+        {
+            let mut pending = self.shared.pending.lock().map_err(|_| ClientError::Closed)?;
+            for (i, (kind, payload, completion)) in tasks.into_iter().enumerate() {
+                let id = first + i as u64;
+                pending.insert(id, completion);
+                specs.push(TaskSpec { id, kind, payload });
+                ids.push(id);
+            }
+        }
+        if self.tx.send(FromClient::Submit(specs)).is_err() {
+            self.shared.fail_all(ClientError::ConnectionLost("the client's writer stopped".into()));
+        }
+        Ok(ids)
+    }
+
+    /// Submits one task and returns a handle that resolves to its outcome.
+    pub fn submit(&self, kind: TaskKind, payload: Vec<u8>) -> Result<TaskHandle, ClientError> {
+        let mut handles = self.submit_many(vec![(kind, payload)])?;
+        handles.pop().ok_or(ClientError::Closed)
+    }
+
+    /// Submits tasks and returns a handle per task, in order.
+    pub fn submit_many(&self, tasks: Vec<(TaskKind, Vec<u8>)>) -> Result<Vec<TaskHandle>, ClientError> {
+        let mut receivers = Vec::with_capacity(tasks.len());
+        let with: Vec<(TaskKind, Vec<u8>, Completion)> = tasks
+            .into_iter()
+            .map(|(kind, payload)| {
+                let (tx, rx) = oneshot::channel();
+                receivers.push(rx);
+                let completion: Completion = Box::new(move |r| {
+                    let _ = tx.send(r);
+                });
+                (kind, payload, completion)
+            })
+            .collect();
+        let ids = self.submit_with(with)?;
+        Ok(ids.into_iter().zip(receivers).map(|(id, rx)| TaskHandle { id, rx }).collect())
+    }
+
+    /// Cancels tasks; each ends with a `Cancelled` error unless it already ended.
+    pub fn cancel(&self, ids: Vec<TaskId>) -> Result<(), ClientError> {
+        self.tx.send(FromClient::Cancel(ids)).map_err(|_| ClientError::Closed)
+    }
+
+    /// Cancels every unfinished task of this session.
+    pub fn cancel_all(&self) -> Result<(), ClientError> {
+        self.tx.send(FromClient::CancelAll).map_err(|_| ClientError::Closed)
+    }
+
+    /// Number of tasks submitted and not yet completed.
+    pub fn pending(&self) -> usize {
+        self.shared.pending.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// Asks the scheduler for workers, slots and task counts.
+    pub async fn scheduler_info(&self, timeout: Duration) -> Result<SchedulerInfo, ClientError> {
+        if let Some(e) = self.shared.dead.lock().ok().and_then(|d| d.clone()) {
+            return Err(e);
+        }
+        let request = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.shared.info_waiters.lock().map_err(|_| ClientError::Closed)?.insert(request, tx);
+        self.tx.send(FromClient::QueryInfo(request)).map_err(|_| ClientError::Closed)?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(info)) => Ok(info),
+            Ok(Err(_)) => Err(self.shared.dead.lock().ok().and_then(|d| d.clone()).unwrap_or(ClientError::Closed)),
+            Err(_) => Err(ClientError::Timeout(timeout)),
+        }
+    }
+
+    /// Closes the connection; unfinished tasks are cancelled on the scheduler and their
+    /// completions get [`ClientError::Closed`].
+    pub async fn close(&self) {
+        self.conn.close(CloseCode::Normal.code(), b"client closed");
+        self.shared.fail_all(ClientError::Closed);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Resolves to one task's outcome.
+pub struct TaskHandle {
+    /// The task's id in this session.
+    pub id: TaskId,
+    rx: oneshot::Receiver<Result<Outcome, ClientError>>,
+}
+
+impl Future for TaskHandle {
+    type Output = Result<Outcome, ClientError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx).poll(cx).map(|r| r.unwrap_or(Err(ClientError::Closed)))
+    }
+}

@@ -1,0 +1,1 @@
+//! Sandboxed executors (WebAssembly and pooled CPython); filled in by their issues.

@@ -1,0 +1,1 @@
+//! Pinned data in shared memory; filled in by the scatter issue.

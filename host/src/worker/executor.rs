@@ -1,0 +1,51 @@
+//! Executors run one attempt each. The worker picks one by the task's kind.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::proto::{Assignment, Builtin, ErrorKind, Outcome, TaskError, TaskKind};
+
+/// A boxed, sendable outcome future.
+pub type OutcomeFuture = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
+
+/// Runs attempts of some task kinds.
+pub trait Executor: Send + Sync + 'static {
+    /// Runs one attempt. Dropping the future stops it.
+    fn run(&self, assignment: Assignment) -> OutcomeFuture;
+}
+
+/// The built-in kinds: `noop`, `sleep`, `echo`, `fail`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BuiltinExecutor;
+
+impl Executor for BuiltinExecutor {
+    fn run(&self, assignment: Assignment) -> OutcomeFuture {
+        match assignment.kind {
+            TaskKind::Builtin(Builtin::Noop) => Box::pin(std::future::ready(Outcome::Ok(Vec::new()))),
+            TaskKind::Builtin(Builtin::Echo) => Box::pin(std::future::ready(Outcome::Ok(assignment.payload))),
+            TaskKind::Builtin(Builtin::Fail) => Box::pin(std::future::ready(failed(
+                ErrorKind::Failed,
+                String::from_utf8_lossy(&assignment.payload).into_owned(),
+            ))),
+            TaskKind::Builtin(Builtin::Sleep) => {
+                let millis = std::str::from_utf8(&assignment.payload).ok().and_then(|s| s.trim().parse::<u64>().ok());
+                match millis {
+                    Some(ms) => Box::pin(async move {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        Outcome::Ok(assignment.payload)
+                    }),
+                    None => Box::pin(std::future::ready(failed(
+                        ErrorKind::Rejected,
+                        "sleep task payload must be a number of milliseconds".into(),
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+/// An error outcome without detail.
+pub fn failed(kind: ErrorKind, message: String) -> Outcome {
+    Outcome::Err(TaskError { kind, message, detail: Vec::new() })
+}

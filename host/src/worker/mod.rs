@@ -1,0 +1,184 @@
+//! The worker: connects to the scheduler, registers its slots and runs attempts through
+//! an [`Executor`], around the sans-IO [`state::WorkerState`].
+
+pub mod executor;
+pub mod state;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+pub use executor::{BuiltinExecutor, Executor};
+use state::{WorkerAction, WorkerEvent, WorkerState};
+
+use crate::net::{dial, DialError, Target};
+use crate::proto::{AttemptId, AttemptResult, FrameError, FromWorker, Peer, ToWorker, WorkerHello};
+
+/// How a worker runs.
+#[derive(Clone)]
+pub struct WorkerOptions {
+    /// The scheduler.
+    pub target: Target,
+    /// Name shown by `status`.
+    pub name: String,
+    /// Attempts run at once.
+    pub slots: u32,
+    /// What runs the attempts.
+    pub executor: Arc<dyn Executor>,
+    /// Bound on connecting.
+    pub connect_timeout: Duration,
+}
+
+/// Why a worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// It could not connect.
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    /// The connection failed later.
+    #[error("lost the scheduler: {0}")]
+    Connection(String),
+}
+
+/// Messages into the worker's core loop.
+enum Input {
+    FromScheduler(ToWorker),
+    Completed(AttemptResult),
+    Heartbeat,
+}
+
+/// Connects and runs until the scheduler goes away or `shutdown` completes. Calls
+/// `on_ready` with the worker id once registered.
+pub async fn run(
+    options: WorkerOptions,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(u64),
+) -> Result<(), WorkerError> {
+    let peer = Peer::Worker(WorkerHello { name: options.name.clone(), slots: options.slots });
+    let connected = dial(&options.target, peer, options.connect_timeout).await?;
+    let conn = connected.conn.clone();
+    let mut writer = connected.writer;
+    let mut reader = connected.reader;
+    let heartbeat = Duration::from_millis(connected.welcome.heartbeat_interval_ms.max(10));
+    tracing::info!(worker = connected.welcome.id, name = %options.name, slots = options.slots, "registered with the scheduler");
+    on_ready(connected.welcome.id);
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let reader_task = {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let end = loop {
+                match reader.next::<ToWorker>().await {
+                    Ok(Some(msg)) => {
+                        if tx.send(Input::FromScheduler(msg)).is_err() {
+                            break Ok(());
+                        }
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            };
+            end
+        })
+    };
+    let ticker = {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(heartbeat);
+            loop {
+                interval.tick().await;
+                if tx.send(Input::Heartbeat).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+
+    let mut state = WorkerState::new(options.slots);
+    let mut running: HashMap<AttemptId, JoinHandle<()>> = HashMap::new();
+    let mut finished = Vec::new();
+    let mut inputs = Vec::with_capacity(256);
+    let core = async {
+        while rx.recv_many(&mut inputs, 256).await > 0 {
+            let mut beat = false;
+            for input in inputs.drain(..) {
+                let event = match input {
+                    Input::FromScheduler(ToWorker::Run(assignments)) => WorkerEvent::Assigned(assignments),
+                    Input::FromScheduler(ToWorker::Cancel(attempts)) => WorkerEvent::CancelRequested(attempts),
+                    Input::Completed(result) => {
+                        running.remove(&result.attempt);
+                        WorkerEvent::Completed(result)
+                    }
+                    Input::Heartbeat => {
+                        beat = true;
+                        continue;
+                    }
+                };
+                state.handle(event);
+                for action in state.take_actions() {
+                    match action {
+                        WorkerAction::Start(assignment) => {
+                            let attempt = assignment.attempt;
+                            let future = options.executor.run(assignment);
+                            let tx = tx.clone();
+                            let span = tracing::debug_span!("attempt", attempt);
+                            let handle = tokio::spawn(
+                                async move {
+                                    let started = Instant::now();
+                                    let outcome = future.await;
+                                    let run_micros = started.elapsed().as_micros() as u64;
+                                    let _ = tx.send(Input::Completed(AttemptResult { attempt, outcome, run_micros }));
+                                }
+                                .instrument(span),
+                            );
+                            running.insert(attempt, handle);
+                        }
+                        WorkerAction::Abort(attempt) => {
+                            if let Some(handle) = running.remove(&attempt) {
+                                handle.abort();
+                            }
+                        }
+                        WorkerAction::Report(result) => finished.push(result),
+                    }
+                }
+            }
+            if !finished.is_empty() {
+                writer.push(&FromWorker::Finished(std::mem::take(&mut finished)))?;
+            }
+            if beat {
+                writer.push(&FromWorker::Heartbeat)?;
+            }
+            if writer.buffered() > 0 {
+                writer.flush().await?;
+            }
+        }
+        Ok::<(), FrameError>(())
+    };
+    let result = tokio::select! {
+        r = core => r.map_err(|e| WorkerError::Connection(e.to_string())),
+        r = reader_task => match r {
+            Ok(Ok(())) => match conn.close_reason() {
+                Some(reason) => Err(WorkerError::Connection(reason.to_string())),
+                None => Ok(()),
+            },
+            Ok(Err(e)) => Err(WorkerError::Connection(conn.close_reason().map(|r| r.to_string()).unwrap_or_else(|| e.to_string()))),
+            Err(e) => Err(WorkerError::Connection(e.to_string())),
+        },
+        _ = shutdown => {
+            tracing::info!("worker shutting down");
+            Ok(())
+        }
+    };
+    ticker.abort();
+    for handle in running.values() {
+        handle.abort();
+    }
+    conn.close(crate::proto::CloseCode::Normal.code(), b"worker stopped");
+    let _ = tokio::time::timeout(Duration::from_secs(1), connected.endpoint.wait_idle()).await;
+    result
+}
