@@ -18,7 +18,9 @@
 //!   task that lost `allowed_failures` workers fails with [`ErrorKind::WorkerLost`].
 //! - A client that leaves has its queued and running tasks cancelled.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,8 +52,8 @@ impl Default for SchedulerConfig {
         Self {
             allowed_failures: 3,
             heartbeat_timeout: Duration::from_secs(10),
-            prefetch_target: Duration::from_millis(2),
-            max_prefetch_per_slot: 64,
+            prefetch_target: Duration::from_millis(10),
+            max_prefetch_per_slot: 1024,
         }
     }
 }
@@ -204,7 +206,7 @@ struct Worker {
     address: String,
     slots: u32,
     /// Attempts sent and not yet reported, live or cancelled: the worker's real load.
-    assigned: HashSet<AttemptId>,
+    assigned: FxHashSet<AttemptId>,
     last_seen: Instant,
     done: u64,
 }
@@ -215,9 +217,11 @@ pub struct SchedulerState {
     config: SchedulerConfig,
     workers: BTreeMap<WorkerId, Worker>,
     sessions: HashMap<SessionId, Session>,
-    tasks: HashMap<TaskKey, Task>,
+    // Keys the scheduler itself hands out use a fast hash; maps keyed by what a
+    // client chose (`Session::tasks`) keep the DoS-resistant default.
+    tasks: FxHashMap<TaskKey, Task>,
     /// Live attempts.
-    attempts: HashMap<AttemptId, TaskKey>,
+    attempts: FxHashMap<AttemptId, TaskKey>,
     /// Sessions with queued tasks, in turn order.
     ring: VecDeque<SessionId>,
     queued: u64,
@@ -237,8 +241,8 @@ impl SchedulerState {
             config,
             workers: BTreeMap::new(),
             sessions: HashMap::new(),
-            tasks: HashMap::new(),
-            attempts: HashMap::new(),
+            tasks: FxHashMap::default(),
+            attempts: FxHashMap::default(),
             ring: VecDeque::new(),
             queued: 0,
             done: 0,
@@ -277,7 +281,7 @@ impl SchedulerState {
             Event::WorkerJoined { worker, name, address, slots, now } => {
                 self.workers.insert(
                     worker,
-                    Worker { name, address, slots, assigned: HashSet::new(), last_seen: now, done: 0 },
+                    Worker { name, address, slots, assigned: FxHashSet::default(), last_seen: now, done: 0 },
                 );
             }
             Event::WorkerLeft { worker } => self.worker_lost(worker, "its connection closed"),

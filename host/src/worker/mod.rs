@@ -120,16 +120,25 @@ pub async fn run(
                     }
                 };
                 state.handle(event);
-                for action in state.take_actions() {
+                let mut pending_actions: std::collections::VecDeque<WorkerAction> = state.take_actions().into();
+                while let Some(action) = pending_actions.pop_front() {
                     match action {
                         WorkerAction::Start(assignment) => {
                             let attempt = assignment.attempt;
-                            let future = options.executor.run(assignment);
+                            let started = Instant::now();
+                            let mut future = options.executor.run(assignment);
+                            // Tasks that finish at once (no-ops, echoes) skip the spawn.
+                            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                            if let std::task::Poll::Ready(outcome) = future.as_mut().poll(&mut cx) {
+                                let run_micros = started.elapsed().as_micros() as u64;
+                                state.handle(WorkerEvent::Completed(AttemptResult { attempt, outcome, run_micros }));
+                                pending_actions.extend(state.take_actions());
+                                continue;
+                            }
                             let tx = tx.clone();
                             let span = tracing::debug_span!("attempt", attempt);
                             let handle = tokio::spawn(
                                 async move {
-                                    let started = Instant::now();
                                     let outcome = future.await;
                                     let run_micros = started.elapsed().as_micros() as u64;
                                     let _ = tx.send(Input::Completed(AttemptResult { attempt, outcome, run_micros }));
