@@ -296,6 +296,7 @@ async fn core_loop(mut state: SchedulerState, mut rx: mpsc::UnboundedReceiver<Co
         for msg in batch.drain(..) {
             match msg {
                 CoreMsg::Event(event) => {
+                    tracing::trace!(?event, "event");
                     match &event {
                         Event::ClientLeft { session } => {
                             out.clients.remove(session);
@@ -344,14 +345,16 @@ fn route(actions: Vec<Action>, out: &mut Outboxes) {
             }
         }
     }
-    for (worker, attempts) in cancels {
-        if let Some((tx, _)) = out.workers.get(&worker) {
-            let _ = tx.send(ToWorker::Cancel(attempts));
-        }
-    }
+    // Runs before cancels: a cancel may name an attempt of this very batch, never one
+    // of a later batch.
     for (worker, assignments) in runs {
         if let Some((tx, _)) = out.workers.get(&worker) {
             let _ = tx.send(ToWorker::Run(assignments));
+        }
+    }
+    for (worker, attempts) in cancels {
+        if let Some((tx, _)) = out.workers.get(&worker) {
+            let _ = tx.send(ToWorker::Cancel(attempts));
         }
     }
     for (session, batch) in results {

@@ -107,6 +107,9 @@ pub async fn run(
         while rx.recv_many(&mut inputs, 256).await > 0 {
             let mut beat = false;
             for input in inputs.drain(..) {
+                if let Input::FromScheduler(msg) = &input {
+                    tracing::trace!(?msg, "from scheduler");
+                }
                 let event = match input {
                     Input::FromScheduler(ToWorker::Run(assignments)) => WorkerEvent::Assigned(assignments),
                     Input::FromScheduler(ToWorker::Cancel(attempts)) => WorkerEvent::CancelRequested(attempts),
