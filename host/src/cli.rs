@@ -59,7 +59,12 @@ struct Connect {
 
 impl Connect {
     fn target(&self) -> anyhow::Result<Target> {
-        Ok(Target::resolve(self.scheduler.as_deref(), self.scheduler_file.as_deref(), self.token.clone(), self.ca_file.clone())?)
+        Ok(Target::resolve(
+            self.scheduler.as_deref(),
+            self.scheduler_file.as_deref(),
+            self.token.clone(),
+            self.ca_file.clone(),
+        )?)
     }
 
     fn timeout(&self) -> Duration {
@@ -160,7 +165,10 @@ pub fn main() -> std::process::ExitCode {
     // One thread: scheduler and worker work is many tiny steps, and cross-thread
     // wake-ups cost more than they buy (measured: about 2x throughput on 2 cores).
     // Executors that need threads (CPython children, wasmtime) bring their own.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -212,7 +220,9 @@ async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
             if !scheduler::is_loopback(&listen) {
                 bail!("--no-token is only allowed on a loopback address, not {listen}; hint: drop --no-token and give clients the scheduler file");
             }
-            tracing::warn!("running WITHOUT tokens: anyone on this machine can connect (loopback only)");
+            tracing::warn!(
+                "running WITHOUT tokens: anyone on this machine can connect (loopback only)"
+            );
             Tenants::open()
         }
         (None, Some(token), false) => Tenants::single(token.clone()),
@@ -220,7 +230,7 @@ async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
     };
     let identity = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => Identity::from_pem_files(cert, key)?,
-        _ => Identity::self_signed(&[args.host.clone()])?,
+        _ => Identity::self_signed(std::slice::from_ref(&args.host))?,
     };
     let endpoint = net::server_endpoint(listen, &identity)?;
     let local = endpoint.local_addr().context("reading the bound address")?;
@@ -263,8 +273,14 @@ async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
 
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let target = args.connect.target()?;
-    let slots = args.slots.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1));
-    let name = args.name.unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let slots = args.slots.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
+    });
+    let name = args
+        .name
+        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
     let options = WorkerOptions {
         target,
         name: name.clone(),
@@ -273,14 +289,21 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         connect_timeout: args.connect.timeout(),
     };
     worker::run(options, shutdown_signal(), |id| {
-        println!("{}", serde_json::json!({"event": "ready", "worker": id, "name": name, "slots": slots}));
+        println!(
+            "{}",
+            serde_json::json!({"event": "ready", "worker": id, "name": name, "slots": slots})
+        );
     })
     .await?;
     Ok(())
 }
 
 async fn connect_client(connect: &Connect, name: &str) -> anyhow::Result<Client> {
-    let options = ClientOptions { target: connect.target()?, name: name.to_string(), connect_timeout: connect.timeout() };
+    let options = ClientOptions {
+        target: connect.target()?,
+        name: name.to_string(),
+        connect_timeout: connect.timeout(),
+    };
     Ok(Client::connect(options).await?)
 }
 
@@ -293,15 +316,26 @@ async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let slots: u32 = info.workers.iter().map(|w| w.slots).sum();
-    println!("workers: {}   slots: {}   sessions: {}", info.workers.len(), slots, info.sessions.len());
+    println!(
+        "workers: {}   slots: {}   sessions: {}",
+        info.workers.len(),
+        slots,
+        info.sessions.len()
+    );
     println!(
         "tasks:   queued {}   running {}   done {}   failed {}",
         info.tasks.queued, info.tasks.running, info.tasks.done, info.tasks.failed
     );
     if !info.workers.is_empty() {
-        println!("\n{:<6} {:<28} {:<22} {:>5} {:>8} {:>10}", "ID", "NAME", "ADDRESS", "SLOTS", "RUNNING", "DONE");
+        println!(
+            "\n{:<6} {:<28} {:<22} {:>5} {:>8} {:>10}",
+            "ID", "NAME", "ADDRESS", "SLOTS", "RUNNING", "DONE"
+        );
         for w in &info.workers {
-            println!("{:<6} {:<28} {:<22} {:>5} {:>8} {:>10}", w.id, w.name, w.address, w.slots, w.running, w.done);
+            println!(
+                "{:<6} {:<28} {:<22} {:>5} {:>8} {:>10}",
+                w.id, w.name, w.address, w.slots, w.running, w.done
+            );
         }
     }
     Ok(())
@@ -342,7 +376,12 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         samples.push(t.elapsed().as_secs_f64() * 1e3);
     }
     samples.sort_by(f64::total_cmp);
-    let pct = |p: f64| samples.get(((samples.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
+    let pct = |p: f64| {
+        samples
+            .get(((samples.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     let (p50, p99) = (pct(0.5), pct(0.99));
     client.close().await;
     if args.json {
@@ -352,9 +391,22 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
                                "latency_ms_p50": p50, "latency_ms_p99": p99})
         );
     } else {
-        println!("{} {} tasks in {:.3} s: {:.0} tasks/s, {:.2} µs per task ({} failed)", args.tasks, args.kind, elapsed, throughput, 1e6 / throughput, failed);
+        println!(
+            "{} {} tasks in {:.3} s: {:.0} tasks/s, {:.2} µs per task ({} failed)",
+            args.tasks,
+            args.kind,
+            elapsed,
+            throughput,
+            1e6 / throughput,
+            failed
+        );
         if !samples.is_empty() {
-            println!("one task at a time ({}): submit-to-result median {:.3} ms, p99 {:.3} ms", samples.len(), p50, p99);
+            println!(
+                "one task at a time ({}): submit-to-result median {:.3} ms, p99 {:.3} ms",
+                samples.len(),
+                p50,
+                p99
+            );
         }
     }
     if failed > 0 {
@@ -364,5 +416,7 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "worker".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "worker".into())
 }

@@ -50,7 +50,9 @@ impl Preamble {
 
     /// This build's preamble.
     pub fn current() -> Self {
-        Self { version: PROTOCOL_VERSION }
+        Self {
+            version: PROTOCOL_VERSION,
+        }
     }
 
     /// Bytes on the wire.
@@ -66,14 +68,19 @@ impl Preamble {
         if bytes[..8] != MAGIC {
             return Err(HandshakeError::BadMagic);
         }
-        Ok(Self { version: u16::from_le_bytes([bytes[8], bytes[9]]) })
+        Ok(Self {
+            version: u16::from_le_bytes([bytes[8], bytes[9]]),
+        })
     }
 
     /// Parses a preamble and checks that its version is ours.
     pub fn check(bytes: &[u8; Self::LEN]) -> Result<Self, HandshakeError> {
         let preamble = Self::parse(bytes)?;
         if preamble.version != PROTOCOL_VERSION {
-            return Err(HandshakeError::VersionMismatch { peer: preamble.version, ours: PROTOCOL_VERSION });
+            return Err(HandshakeError::VersionMismatch {
+                peer: preamble.version,
+                ours: PROTOCOL_VERSION,
+            });
         }
         Ok(preamble)
     }
@@ -96,6 +103,9 @@ mod tests {
         assert!(err.to_string().contains("hint:"));
 
         let junk = [7u8; Preamble::LEN];
-        assert!(matches!(Preamble::check(&junk), Err(HandshakeError::BadMagic)));
+        assert!(matches!(
+            Preamble::check(&junk),
+            Err(HandshakeError::BadMagic)
+        ));
     }
 }

@@ -199,7 +199,17 @@ pub enum ToWorker {
 }
 
 /// What `stockade status` and `Client.scheduler_info()` show.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct SchedulerInfo {
     /// Connected workers.
     pub workers: Vec<WorkerInfo>,
@@ -210,7 +220,17 @@ pub struct SchedulerInfo {
 }
 
 /// One worker in [`SchedulerInfo`].
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct WorkerInfo {
     /// Worker id.
     pub id: u64,
@@ -227,7 +247,17 @@ pub struct WorkerInfo {
 }
 
 /// Task counters in [`SchedulerInfo`].
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct TaskCounts {
     /// Waiting for a slot.
     pub queued: u64,
@@ -240,7 +270,17 @@ pub struct TaskCounts {
 }
 
 /// One client session in [`SchedulerInfo`].
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct SessionInfo {
     /// Session id.
     pub id: u64,
@@ -267,15 +307,29 @@ mod tests {
             payload: b"hi".to_vec(),
         }]);
         let bytes = encode(&msg).unwrap();
-        assert_eq!(hex::encode(&bytes), GOLDEN_SUBMIT, "wire layout changed: bump PROTOCOL_VERSION and update the golden bytes");
+        assert_eq!(
+            hex::encode(&bytes),
+            GOLDEN_SUBMIT,
+            "wire layout changed: bump PROTOCOL_VERSION and update the golden bytes"
+        );
         assert_eq!(decode::<FromClient>(&bytes).unwrap(), msg);
     }
 
     #[test]
     fn golden_bytes_of_a_hello() {
-        let msg = Hello { token: "t".into(), peer: Peer::Worker(WorkerHello { name: "w".into(), slots: 2 }) };
+        let msg = Hello {
+            token: "t".into(),
+            peer: Peer::Worker(WorkerHello {
+                name: "w".into(),
+                slots: 2,
+            }),
+        };
         let bytes = encode(&msg).unwrap();
-        assert_eq!(hex::encode(&bytes), GOLDEN_HELLO, "wire layout changed: bump PROTOCOL_VERSION and update the golden bytes");
+        assert_eq!(
+            hex::encode(&bytes),
+            GOLDEN_HELLO,
+            "wire layout changed: bump PROTOCOL_VERSION and update the golden bytes"
+        );
         assert_eq!(decode::<Hello>(&bytes).unwrap(), msg);
     }
 

@@ -174,7 +174,10 @@ type TaskKey = u64;
 #[derive(Debug)]
 enum TaskState {
     Queued,
-    Assigned { worker: WorkerId, attempt: AttemptId },
+    Assigned {
+        worker: WorkerId,
+        attempt: AttemptId,
+    },
 }
 
 #[derive(Debug)]
@@ -257,10 +260,20 @@ impl SchedulerState {
     /// Applies one event; the resulting actions accumulate until [`Self::take_actions`].
     pub fn handle(&mut self, event: Event) {
         match event {
-            Event::ClientJoined { session, tenant, name } => {
+            Event::ClientJoined {
+                session,
+                tenant,
+                name,
+            } => {
                 self.sessions.insert(
                     session,
-                    Session { tenant, name, queue: VecDeque::new(), tasks: HashMap::new(), in_ring: false },
+                    Session {
+                        tenant,
+                        name,
+                        queue: VecDeque::new(),
+                        tasks: HashMap::new(),
+                        in_ring: false,
+                    },
                 );
             }
             Event::ClientLeft { session } => {
@@ -270,7 +283,10 @@ impl SchedulerState {
             Event::Submit { session, tasks } => self.submit(session, tasks),
             Event::Cancel { session, ids } => {
                 let keys: Vec<TaskKey> = match self.sessions.get(&session) {
-                    Some(s) => ids.iter().filter_map(|id| s.tasks.get(id).copied()).collect(),
+                    Some(s) => ids
+                        .iter()
+                        .filter_map(|id| s.tasks.get(id).copied())
+                        .collect(),
                     None => return,
                 };
                 for key in keys {
@@ -278,10 +294,23 @@ impl SchedulerState {
                 }
             }
             Event::CancelAll { session } => self.cancel_session(session, true),
-            Event::WorkerJoined { worker, name, address, slots, now } => {
+            Event::WorkerJoined {
+                worker,
+                name,
+                address,
+                slots,
+                now,
+            } => {
                 self.workers.insert(
                     worker,
-                    Worker { name, address, slots, assigned: FxHashSet::default(), last_seen: now, done: 0 },
+                    Worker {
+                        name,
+                        address,
+                        slots,
+                        assigned: FxHashSet::default(),
+                        last_seen: now,
+                        done: 0,
+                    },
                 );
             }
             Event::WorkerLeft { worker } => self.worker_lost(worker, "its connection closed"),
@@ -290,7 +319,11 @@ impl SchedulerState {
                     w.last_seen = now;
                 }
             }
-            Event::Finished { worker, results, now } => self.finished(worker, results, now),
+            Event::Finished {
+                worker,
+                results,
+                now,
+            } => self.finished(worker, results, now),
             Event::Tick { now } => {
                 let timeout = self.config.heartbeat_timeout;
                 let silent: Vec<WorkerId> = self
@@ -301,7 +334,10 @@ impl SchedulerState {
                     .collect();
                 for worker in silent {
                     let reason = format!("no heartbeat for {timeout:?}");
-                    self.actions.push(Action::DropWorker { worker, reason: reason.clone() });
+                    self.actions.push(Action::DropWorker {
+                        worker,
+                        reason: reason.clone(),
+                    });
                     self.worker_lost(worker, &reason);
                 }
             }
@@ -352,7 +388,9 @@ impl SchedulerState {
     }
 
     fn submit(&mut self, session: SessionId, specs: Vec<TaskSpec>) {
-        let Some(s) = self.sessions.get_mut(&session) else { return };
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
         for spec in specs {
             if s.tasks.contains_key(&spec.id) {
                 self.failed += 1;
@@ -360,7 +398,10 @@ impl SchedulerState {
                     session,
                     result: TaskResult {
                         id: spec.id,
-                        outcome: error(ErrorKind::Rejected, format!("task id {} is already in use in this session", spec.id)),
+                        outcome: error(
+                            ErrorKind::Rejected,
+                            format!("task id {} is already in use in this session", spec.id),
+                        ),
                     },
                 });
                 continue;
@@ -372,7 +413,14 @@ impl SchedulerState {
             self.queued += 1;
             self.tasks.insert(
                 key,
-                Task { session, id: spec.id, kind: spec.kind, payload: spec.payload, state: TaskState::Queued, lost: 0 },
+                Task {
+                    session,
+                    id: spec.id,
+                    kind: spec.kind,
+                    payload: spec.payload,
+                    state: TaskState::Queued,
+                    lost: 0,
+                },
             );
         }
         if !s.in_ring && !s.queue.is_empty() {
@@ -384,7 +432,11 @@ impl SchedulerState {
     fn finished(&mut self, worker: WorkerId, results: Vec<AttemptResult>, now: Instant) {
         let Some(w) = self.workers.get_mut(&worker) else {
             // A worker already declared lost: its reports are stale by definition.
-            tracing::debug!(worker, n = results.len(), "dropping results of an unknown worker");
+            tracing::debug!(
+                worker,
+                n = results.len(),
+                "dropping results of an unknown worker"
+            );
             return;
         };
         w.last_seen = now;
@@ -393,7 +445,11 @@ impl SchedulerState {
             if w.assigned.remove(&r.attempt) {
                 accepted.push(r);
             } else {
-                tracing::warn!(worker, attempt = r.attempt, "worker reported an attempt it does not hold");
+                tracing::warn!(
+                    worker,
+                    attempt = r.attempt,
+                    "worker reported an attempt it does not hold"
+                );
             }
         }
         let mut lost = Vec::new();
@@ -420,7 +476,9 @@ impl SchedulerState {
     }
 
     fn worker_lost(&mut self, worker: WorkerId, reason: &str) {
-        let Some(w) = self.workers.remove(&worker) else { return };
+        let Some(w) = self.workers.remove(&worker) else {
+            return;
+        };
         tracing::warn!(worker, name = %w.name, reason, attempts = w.assigned.len(), "worker lost");
         let reason = format!("worker {} ({}) was lost: {reason}", w.name, w.address);
         let mut attempts: Vec<AttemptId> = w.assigned.into_iter().collect();
@@ -434,7 +492,9 @@ impl SchedulerState {
 
     /// An attempt ended without a result through no fault of the task.
     fn attempt_lost(&mut self, key: TaskKey, reason: &str) {
-        let Some(task) = self.tasks.get_mut(&key) else { return };
+        let Some(task) = self.tasks.get_mut(&key) else {
+            return;
+        };
         task.lost += 1;
         if task.lost >= self.config.allowed_failures {
             let message = format!(
@@ -458,7 +518,9 @@ impl SchedulerState {
 
     /// Ends a task for its client.
     fn finish(&mut self, key: TaskKey, outcome: Outcome) {
-        let Some(task) = self.tasks.remove(&key) else { return };
+        let Some(task) = self.tasks.remove(&key) else {
+            return;
+        };
         if let TaskState::Queued = task.state {
             self.queued -= 1;
         }
@@ -469,17 +531,28 @@ impl SchedulerState {
             Outcome::Ok(_) => self.done += 1,
             Outcome::Err(_) => self.failed += 1,
         }
-        self.actions.push(Action::Deliver { session: task.session, result: TaskResult { id: task.id, outcome } });
+        self.actions.push(Action::Deliver {
+            session: task.session,
+            result: TaskResult {
+                id: task.id,
+                outcome,
+            },
+        });
     }
 
     fn cancel_task(&mut self, key: TaskKey, deliver: bool) {
-        let Some(task) = self.tasks.get(&key) else { return };
+        let Some(task) = self.tasks.get(&key) else {
+            return;
+        };
         if let TaskState::Assigned { worker, attempt } = task.state {
             self.attempts.remove(&attempt);
             self.actions.push(Action::CancelAttempt { worker, attempt });
         }
         if deliver {
-            self.finish(key, error(ErrorKind::Cancelled, "cancelled by the client".into()));
+            self.finish(
+                key,
+                error(ErrorKind::Cancelled, "cancelled by the client".into()),
+            );
         } else if let Some(task) = self.tasks.remove(&key) {
             if let TaskState::Queued = task.state {
                 self.queued -= 1;
@@ -489,7 +562,9 @@ impl SchedulerState {
     }
 
     fn cancel_session(&mut self, session: SessionId, deliver: bool) {
-        let Some(s) = self.sessions.get_mut(&session) else { return };
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
         let mut keys: Vec<TaskKey> = s.tasks.values().copied().collect();
         keys.sort_unstable();
         for key in keys {
@@ -528,7 +603,9 @@ impl SchedulerState {
                     if self.queued == 0 {
                         return;
                     }
-                    let Some(w) = self.workers.get(&id) else { continue };
+                    let Some(w) = self.workers.get(&id) else {
+                        continue;
+                    };
                     let capacity = w.slots as usize * (1 + per_slot as usize);
                     if w.assigned.len() >= capacity {
                         continue;
@@ -547,10 +624,18 @@ impl SchedulerState {
     /// Pops the next queued task in session turn order and assigns it to `worker`.
     fn assign_next(&mut self, worker: WorkerId) -> bool {
         while let Some(session) = self.ring.pop_front() {
-            let Some(s) = self.sessions.get_mut(&session) else { continue };
+            let Some(s) = self.sessions.get_mut(&session) else {
+                continue;
+            };
             let mut picked = None;
             while let Some(key) = s.queue.pop_front() {
-                if matches!(self.tasks.get(&key), Some(Task { state: TaskState::Queued, .. })) {
+                if matches!(
+                    self.tasks.get(&key),
+                    Some(Task {
+                        state: TaskState::Queued,
+                        ..
+                    })
+                ) {
                     picked = Some(key);
                     break;
                 }
@@ -564,7 +649,9 @@ impl SchedulerState {
             let tenant = s.tenant.to_string();
             let attempt = self.next_attempt;
             self.next_attempt += 1;
-            let Some(task) = self.tasks.get_mut(&key) else { continue };
+            let Some(task) = self.tasks.get_mut(&key) else {
+                continue;
+            };
             task.state = TaskState::Assigned { worker, attempt };
             self.queued -= 1;
             self.attempts.insert(attempt, key);
@@ -573,7 +660,12 @@ impl SchedulerState {
             }
             self.actions.push(Action::Run {
                 worker,
-                assignment: Assignment { attempt, tenant, kind: task.kind, payload: task.payload.clone() },
+                assignment: Assignment {
+                    attempt,
+                    tenant,
+                    kind: task.kind,
+                    payload: task.payload.clone(),
+                },
             });
             return true;
         }
@@ -582,7 +674,11 @@ impl SchedulerState {
 }
 
 fn error(kind: ErrorKind, message: String) -> Outcome {
-    Outcome::Err(TaskError { kind, message, detail: Vec::new() })
+    Outcome::Err(TaskError {
+        kind,
+        message,
+        detail: Vec::new(),
+    })
 }
 
 #[cfg(test)]

@@ -22,14 +22,20 @@ pub struct BuiltinExecutor;
 impl Executor for BuiltinExecutor {
     fn run(&self, assignment: Assignment) -> OutcomeFuture {
         match assignment.kind {
-            TaskKind::Builtin(Builtin::Noop) => Box::pin(std::future::ready(Outcome::Ok(Vec::new()))),
-            TaskKind::Builtin(Builtin::Echo) => Box::pin(std::future::ready(Outcome::Ok(assignment.payload))),
+            TaskKind::Builtin(Builtin::Noop) => {
+                Box::pin(std::future::ready(Outcome::Ok(Vec::new())))
+            }
+            TaskKind::Builtin(Builtin::Echo) => {
+                Box::pin(std::future::ready(Outcome::Ok(assignment.payload)))
+            }
             TaskKind::Builtin(Builtin::Fail) => Box::pin(std::future::ready(failed(
                 ErrorKind::Failed,
                 String::from_utf8_lossy(&assignment.payload).into_owned(),
             ))),
             TaskKind::Builtin(Builtin::Sleep) => {
-                let millis = std::str::from_utf8(&assignment.payload).ok().and_then(|s| s.trim().parse::<u64>().ok());
+                let millis = std::str::from_utf8(&assignment.payload)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok());
                 match millis {
                     Some(ms) => Box::pin(async move {
                         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -47,5 +53,9 @@ impl Executor for BuiltinExecutor {
 
 /// An error outcome without detail.
 pub fn failed(kind: ErrorKind, message: String) -> Outcome {
-    Outcome::Err(TaskError { kind, message, detail: Vec::new() })
+    Outcome::Err(TaskError {
+        kind,
+        message,
+        detail: Vec::new(),
+    })
 }

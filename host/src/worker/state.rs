@@ -42,7 +42,12 @@ pub struct WorkerState {
 impl WorkerState {
     /// A worker with `slots` slots.
     pub fn new(slots: u32) -> Self {
-        Self { slots: slots.max(1) as usize, waiting: VecDeque::new(), running: HashSet::new(), actions: Vec::new() }
+        Self {
+            slots: slots.max(1) as usize,
+            waiting: VecDeque::new(),
+            running: HashSet::new(),
+            actions: Vec::new(),
+        }
     }
 
     /// Applies an event.
@@ -54,7 +59,8 @@ impl WorkerState {
                     if self.running.remove(&attempt) {
                         self.actions.push(WorkerAction::Abort(attempt));
                         self.actions.push(WorkerAction::Report(cancelled(attempt)));
-                    } else if let Some(pos) = self.waiting.iter().position(|a| a.attempt == attempt) {
+                    } else if let Some(pos) = self.waiting.iter().position(|a| a.attempt == attempt)
+                    {
                         self.waiting.remove(pos);
                         self.actions.push(WorkerAction::Report(cancelled(attempt)));
                     }
@@ -67,7 +73,9 @@ impl WorkerState {
             }
         }
         while self.running.len() < self.slots {
-            let Some(next) = self.waiting.pop_front() else { break };
+            let Some(next) = self.waiting.pop_front() else {
+                break;
+            };
             self.running.insert(next.attempt);
             self.actions.push(WorkerAction::Start(next));
         }
@@ -87,7 +95,11 @@ impl WorkerState {
 fn cancelled(attempt: AttemptId) -> AttemptResult {
     AttemptResult {
         attempt,
-        outcome: Outcome::Err(TaskError { kind: ErrorKind::Cancelled, message: "cancelled".into(), detail: Vec::new() }),
+        outcome: Outcome::Err(TaskError {
+            kind: ErrorKind::Cancelled,
+            message: "cancelled".into(),
+            detail: Vec::new(),
+        }),
         run_micros: 0,
     }
 }
@@ -98,11 +110,20 @@ mod tests {
     use crate::proto::{Builtin, TaskKind};
 
     fn a(attempt: AttemptId) -> Assignment {
-        Assignment { attempt, tenant: "t".into(), kind: TaskKind::Builtin(Builtin::Noop), payload: vec![] }
+        Assignment {
+            attempt,
+            tenant: "t".into(),
+            kind: TaskKind::Builtin(Builtin::Noop),
+            payload: vec![],
+        }
     }
 
     fn done(attempt: AttemptId) -> AttemptResult {
-        AttemptResult { attempt, outcome: Outcome::Ok(vec![]), run_micros: 1 }
+        AttemptResult {
+            attempt,
+            outcome: Outcome::Ok(vec![]),
+            run_micros: 1,
+        }
     }
 
     fn step(s: &mut WorkerState, e: WorkerEvent) -> Vec<WorkerAction> {
@@ -114,9 +135,15 @@ mod tests {
     fn runs_up_to_slots_and_queues_the_rest() {
         let mut s = WorkerState::new(2);
         let acts = step(&mut s, WorkerEvent::Assigned(vec![a(1), a(2), a(3)]));
-        assert_eq!(acts, vec![WorkerAction::Start(a(1)), WorkerAction::Start(a(2))]);
+        assert_eq!(
+            acts,
+            vec![WorkerAction::Start(a(1)), WorkerAction::Start(a(2))]
+        );
         let acts = step(&mut s, WorkerEvent::Completed(done(2)));
-        assert_eq!(acts, vec![WorkerAction::Report(done(2)), WorkerAction::Start(a(3))]);
+        assert_eq!(
+            acts,
+            vec![WorkerAction::Report(done(2)), WorkerAction::Start(a(3))]
+        );
     }
 
     #[test]
@@ -124,12 +151,15 @@ mod tests {
         let mut s = WorkerState::new(1);
         step(&mut s, WorkerEvent::Assigned(vec![a(1), a(2), a(3)]));
         let acts = step(&mut s, WorkerEvent::CancelRequested(vec![1, 3, 99]));
-        assert_eq!(acts, vec![
-            WorkerAction::Abort(1),
-            WorkerAction::Report(cancelled(1)),
-            WorkerAction::Report(cancelled(3)),
-            WorkerAction::Start(a(2)),
-        ]);
+        assert_eq!(
+            acts,
+            vec![
+                WorkerAction::Abort(1),
+                WorkerAction::Report(cancelled(1)),
+                WorkerAction::Report(cancelled(3)),
+                WorkerAction::Start(a(2)),
+            ]
+        );
         // The aborted executor's late completion is not reported again.
         assert!(step(&mut s, WorkerEvent::Completed(done(1))).is_empty());
         assert_eq!(s.running(), 1);

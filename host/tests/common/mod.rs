@@ -2,7 +2,7 @@
 //! (printed when a test fails), a bound on every wait, and every process stopped by
 //! its id at the end.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -16,7 +16,6 @@ use stockade::net::Target;
 
 /// Upper bound on any single wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(60);
-
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -57,7 +56,10 @@ fn spawn(dir: &Path, name: &str, args: &[String]) -> (Proc, serde_json::Value) {
     let mut child = Command::new(bin())
         .args(args)
         .env("STOCKADE_RUNTIME_DIR", dir)
-        .env("RUST_LOG", std::env::var("STOCKADE_TEST_LOG").unwrap_or_else(|_| "info".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("STOCKADE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
@@ -72,7 +74,11 @@ fn spawn(dir: &Path, name: &str, args: &[String]) -> (Proc, serde_json::Value) {
             }
         }
     });
-    let proc = Proc { name: name.to_string(), child, log };
+    let proc = Proc {
+        name: name.to_string(),
+        child,
+        log,
+    };
     match rx.recv_timeout(WAIT) {
         Ok(line) => {
             let ready: serde_json::Value = serde_json::from_str(&line).expect("ready line is JSON");
@@ -94,12 +100,23 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         let scheduler_file = dir.join("scheduler.json");
-        let mut args: Vec<String> = vec!["scheduler".into(), "--port".into(), "0".into(), "--scheduler-file".into()];
+        let mut args: Vec<String> = vec![
+            "scheduler".into(),
+            "--port".into(),
+            "0".into(),
+            "--scheduler-file".into(),
+        ];
         args.push(scheduler_file.display().to_string());
         args.extend(scheduler_args.iter().map(|s| s.to_string()));
         let (scheduler, ready) = spawn(&dir, "scheduler", &args);
         let address = ready["address"].as_str().expect("address").to_string();
-        let mut cluster = Self { dir, scheduler_file, address, scheduler, workers: Vec::new() };
+        let mut cluster = Self {
+            dir,
+            scheduler_file,
+            address,
+            scheduler,
+            workers: Vec::new(),
+        };
         for _ in 0..workers {
             cluster.add_worker(slots);
         }
@@ -127,7 +144,11 @@ impl Cluster {
     }
 
     pub async fn client(&self) -> Client {
-        let options = ClientOptions { target: self.target(), name: "test".into(), connect_timeout: WAIT };
+        let options = ClientOptions {
+            target: self.target(),
+            name: "test".into(),
+            connect_timeout: WAIT,
+        };
         Client::connect(options).await.expect("client connects")
     }
 
@@ -138,7 +159,11 @@ impl Cluster {
             .env("STOCKADE_RUNTIME_DIR", &self.dir)
             .output()
             .expect("run stockade");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
     }
 
     fn logs(&self) -> String {
@@ -156,7 +181,11 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }
-        for p in self.workers.iter_mut().chain(std::iter::once(&mut self.scheduler)) {
+        for p in self
+            .workers
+            .iter_mut()
+            .chain(std::iter::once(&mut self.scheduler))
+        {
             let _ = p.child.kill();
             let _ = p.child.wait();
         }
