@@ -1,0 +1,44 @@
+# Stockade: `just demo` and `just test` are all a new user needs.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+_default:
+    @just --list --unsorted
+
+# Build the `stockade` binary (dependencies are built once, optimised, and shared).
+[group('build')]
+build:
+    cargo build --bins
+
+# Start a local scheduler and two workers, run built-in tasks and print throughput.
+[group('run')]
+demo: build
+    scripts/with-cluster.sh 2 1 bash -c 'target/debug/stockade status && target/debug/stockade bench --tasks 100000 --latency-tasks 2000'
+
+# Every test: unit, state machine, and integration tests on real processes.
+[group('check')]
+test: build
+    cargo test --workspace
+
+# Benchmarks (side by side where peers exist); not part of `test`.
+[group('check')]
+bench: build
+    scripts/with-cluster.sh 2 1 python3 bench/zero_work.py
+
+# What CI runs, plus formatting and clippy.
+[group('check')]
+ready: fmt-check lint test
+
+# Clippy with the workspace lints (unwrap/expect denied outside tests).
+[group('check')]
+lint:
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Format the code.
+[group('check')]
+fmt:
+    cargo fmt --all
+
+[group('check')]
+fmt-check:
+    cargo fmt --all -- --check
