@@ -17,8 +17,20 @@ demo: build
 
 # Every test: unit, state machine, and integration tests on real processes.
 [group('check')]
-test: build
-    cargo test --workspace
+test: build venv
+    STOCKADE_TEST_PYTHON="$PWD/.venv/bin/python" cargo test --workspace
+
+# The Python environment in .venv (created once, refreshed when requirements change).
+[group('build')]
+venv:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    stamp=.venv/.requirements-installed
+    if [ ! -f "$stamp" ] || [ requirements-dev.txt -nt "$stamp" ]; then
+        .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+        touch "$stamp"
+    fi
 
 # Benchmarks (side by side where peers exist); not part of `test`.
 [group('check')]

@@ -14,9 +14,10 @@ use clap::{Args, Parser, Subcommand};
 use crate::client::{Client, ClientOptions};
 use crate::net::{self, tls::Identity, SchedulerFile, Target};
 use crate::proto::{Builtin, Outcome, TaskKind};
+use crate::sandbox::python::{PythonConfig, PythonExecutor};
 use crate::scheduler::{self, state::SchedulerConfig, SchedulerOptions};
 use crate::tenancy::Tenants;
-use crate::worker::{self, BuiltinExecutor, WorkerOptions};
+use crate::worker::{self, BuiltinExecutor, Executors, WorkerOptions};
 
 /// Stockade: run joblib workloads and WebAssembly tasks on a shared cluster.
 #[derive(Debug, Parser)]
@@ -119,6 +120,12 @@ struct WorkerArgs {
     /// Name shown by `status` (default: host name and process id).
     #[arg(long)]
     name: Option<String>,
+    /// Python interpreter for Python tasks (needs cloudpickle and the users' libraries).
+    #[arg(long, default_value = "python3", env = "STOCKADE_PYTHON")]
+    python: String,
+    /// Replace a Python child after this many tasks.
+    #[arg(long, default_value_t = 10_000)]
+    max_tasks_per_child: u32,
 }
 
 #[derive(Debug, Args)]
@@ -285,7 +292,13 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         target,
         name: name.clone(),
         slots,
-        executor: Arc::new(BuiltinExecutor),
+        executor: Arc::new(Executors {
+            builtin: BuiltinExecutor,
+            python: PythonExecutor::new(PythonConfig {
+                python: args.python,
+                max_tasks_per_child: args.max_tasks_per_child.max(1),
+            }),
+        }),
         connect_timeout: args.connect.timeout(),
     };
     worker::run(options, shutdown_signal(), |id| {

@@ -58,6 +58,9 @@ pub struct Welcome {
 pub enum TaskKind {
     /// Built-in tasks for tests and benchmarks; see [`Builtin`].
     Builtin(Builtin),
+    /// A cloudpickled zero-argument callable, run in a warm CPython child of the
+    /// tenant; the result is its cloudpickled return value.
+    Python,
 }
 
 /// Built-in task kinds. They need no executor set-up, which makes them the yardstick

@@ -29,7 +29,7 @@ pub use message::*;
 
 /// Version of the wire protocol. Bump it whenever a message's layout changes (the
 /// golden-bytes tests in [`message`] fail when that happens without a bump).
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The first bytes of every control stream.
 pub const MAGIC: [u8; 8] = *b"STOCKADE";

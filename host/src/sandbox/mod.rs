@@ -1,1 +1,6 @@
-//! Sandboxed executors (WebAssembly and pooled CPython); filled in by their issues.
+//! Executors that run tenant code in sandboxes.
+//!
+//! - [`python`]: warm, pooled CPython children per tenant.
+//! - WebAssembly (wasmtime) comes with its issue.
+
+pub mod python;

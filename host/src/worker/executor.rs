@@ -32,6 +32,10 @@ impl Executor for BuiltinExecutor {
                 ErrorKind::Failed,
                 String::from_utf8_lossy(&assignment.payload).into_owned(),
             ))),
+            TaskKind::Python => Box::pin(std::future::ready(failed(
+                ErrorKind::Rejected,
+                "this executor does not run Python tasks".into(),
+            ))),
             TaskKind::Builtin(Builtin::Sleep) => {
                 let millis = std::str::from_utf8(&assignment.payload)
                     .ok()
@@ -58,4 +62,22 @@ pub fn failed(kind: ErrorKind, message: String) -> Outcome {
         message,
         detail: Vec::new(),
     })
+}
+
+/// Routes each attempt to the executor of its kind.
+#[derive(Clone)]
+pub struct Executors {
+    /// Built-in kinds.
+    pub builtin: BuiltinExecutor,
+    /// Python tasks.
+    pub python: crate::sandbox::python::PythonExecutor,
+}
+
+impl Executor for Executors {
+    fn run(&self, assignment: Assignment) -> OutcomeFuture {
+        match assignment.kind {
+            TaskKind::Builtin(_) => self.builtin.run(assignment),
+            TaskKind::Python => self.python.run(assignment),
+        }
+    }
 }

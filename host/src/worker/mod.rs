@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-pub use executor::{BuiltinExecutor, Executor};
+pub use executor::{BuiltinExecutor, Executor, Executors};
 use state::{WorkerAction, WorkerEvent, WorkerState};
 
 use crate::net::{dial, DialError, Target};

@@ -43,6 +43,7 @@ pub struct Cluster {
     pub address: String,
     pub scheduler: Proc,
     pub workers: Vec<Proc>,
+    pub worker_args: Vec<String>,
 }
 
 fn bin() -> &'static str {
@@ -95,6 +96,16 @@ fn spawn(dir: &Path, name: &str, args: &[String]) -> (Proc, serde_json::Value) {
 impl Cluster {
     /// A scheduler (with extra arguments) and `workers` workers of `slots` slots.
     pub fn start(workers: usize, slots: u32, scheduler_args: &[&str]) -> Self {
+        Self::start_with(workers, slots, scheduler_args, &[])
+    }
+
+    /// As [`Cluster::start`], with extra arguments for every worker.
+    pub fn start_with(
+        workers: usize,
+        slots: u32,
+        scheduler_args: &[&str],
+        worker_args: &[&str],
+    ) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("stockade-it-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -110,12 +121,14 @@ impl Cluster {
         args.extend(scheduler_args.iter().map(|s| s.to_string()));
         let (scheduler, ready) = spawn(&dir, "scheduler", &args);
         let address = ready["address"].as_str().expect("address").to_string();
+        let worker_args = worker_args.iter().map(|s| s.to_string()).collect();
         let mut cluster = Self {
             dir,
             scheduler_file,
             address,
             scheduler,
             workers: Vec::new(),
+            worker_args,
         };
         for _ in 0..workers {
             cluster.add_worker(slots);
@@ -125,7 +138,7 @@ impl Cluster {
 
     pub fn add_worker(&mut self, slots: u32) -> &mut Proc {
         let name = format!("worker{}", self.workers.len() + 1);
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "worker".into(),
             "--scheduler-file".into(),
             self.scheduler_file.display().to_string(),
@@ -134,6 +147,7 @@ impl Cluster {
             "--name".into(),
             name.clone(),
         ];
+        args.extend(self.worker_args.iter().cloned());
         let (proc, _) = spawn(&self.dir, &name, &args);
         self.workers.push(proc);
         self.workers.last_mut().expect("just pushed")
