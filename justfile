@@ -18,7 +18,7 @@ demo: build
 # Every test: unit, state machine, and integration tests on real processes.
 [group('check')]
 test: build venv
-    STOCKADE_TEST_PYTHON="$PWD/.venv/bin/python" cargo test --workspace
+    STOCKADE_TEST_PYTHON="$PWD/.venv/bin/python" cargo test
 
 # The Python environment in .venv (created once, refreshed when requirements change).
 [group('build')]

@@ -160,22 +160,29 @@ struct BenchArgs {
 
 /// Runs the command line; the binary's `main` is only this.
 pub fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    run(std::env::args_os())
+}
+
+/// Runs the command line with these arguments (the first is the program name). The
+/// Python package's `stockade` entry point calls this.
+pub fn run<I, T>(args: I) -> std::process::ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .try_init();
     // One thread: scheduler and worker work is many tiny steps, and cross-thread
     // wake-ups cost more than they buy (measured: about 2x throughput on 2 cores).
     // Executors that need threads (CPython children, wasmtime) bring their own.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -227,9 +234,7 @@ async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
             if !scheduler::is_loopback(&listen) {
                 bail!("--no-token is only allowed on a loopback address, not {listen}; hint: drop --no-token and give clients the scheduler file");
             }
-            tracing::warn!(
-                "running WITHOUT tokens: anyone on this machine can connect (loopback only)"
-            );
+            tracing::warn!("running WITHOUT tokens: anyone on this machine can connect (loopback only)");
             Tenants::open()
         }
         (None, Some(token), false) => Tenants::single(token.clone()),
@@ -280,14 +285,8 @@ async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
 
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let target = args.connect.target()?;
-    let slots = args.slots.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1)
-    });
-    let name = args
-        .name
-        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let slots = args.slots.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1));
+    let name = args.name.unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
     let options = WorkerOptions {
         target,
         name: name.clone(),
@@ -302,21 +301,15 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         connect_timeout: args.connect.timeout(),
     };
     worker::run(options, shutdown_signal(), |id| {
-        println!(
-            "{}",
-            serde_json::json!({"event": "ready", "worker": id, "name": name, "slots": slots})
-        );
+        println!("{}", serde_json::json!({"event": "ready", "worker": id, "name": name, "slots": slots}));
     })
     .await?;
     Ok(())
 }
 
 async fn connect_client(connect: &Connect, name: &str) -> anyhow::Result<Client> {
-    let options = ClientOptions {
-        target: connect.target()?,
-        name: name.to_string(),
-        connect_timeout: connect.timeout(),
-    };
+    let options =
+        ClientOptions { target: connect.target()?, name: name.to_string(), connect_timeout: connect.timeout() };
     Ok(Client::connect(options).await?)
 }
 
@@ -329,26 +322,15 @@ async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let slots: u32 = info.workers.iter().map(|w| w.slots).sum();
-    println!(
-        "workers: {}   slots: {}   sessions: {}",
-        info.workers.len(),
-        slots,
-        info.sessions.len()
-    );
+    println!("workers: {}   slots: {}   sessions: {}", info.workers.len(), slots, info.sessions.len());
     println!(
         "tasks:   queued {}   running {}   done {}   failed {}",
         info.tasks.queued, info.tasks.running, info.tasks.done, info.tasks.failed
     );
     if !info.workers.is_empty() {
-        println!(
-            "\n{:<6} {:<28} {:<22} {:>5} {:>8} {:>10}",
-            "ID", "NAME", "ADDRESS", "SLOTS", "RUNNING", "DONE"
-        );
+        println!("\n{:<6} {:<28} {:<22} {:>5} {:>8} {:>10}", "ID", "NAME", "ADDRESS", "SLOTS", "RUNNING", "DONE");
         for w in &info.workers {
-            println!(
-                "{:<6} {:<28} {:<22} {:>5} {:>8} {:>10}",
-                w.id, w.name, w.address, w.slots, w.running, w.done
-            );
+            println!("{:<6} {:<28} {:<22} {:>5} {:>8} {:>10}", w.id, w.name, w.address, w.slots, w.running, w.done);
         }
     }
     Ok(())
@@ -389,12 +371,7 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         samples.push(t.elapsed().as_secs_f64() * 1e3);
     }
     samples.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        samples
-            .get(((samples.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let pct = |p: f64| samples.get(((samples.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
     let (p50, p99) = (pct(0.5), pct(0.99));
     client.close().await;
     if args.json {

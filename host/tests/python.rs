@@ -14,58 +14,31 @@ use stockade::proto::{Builtin, ErrorKind, Outcome, TaskKind};
 /// The interpreter the justfile prepared (`.venv`), or `python3`.
 fn python() -> String {
     let py = std::env::var("STOCKADE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py)
-        .args(["-c", "import cloudpickle"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "{py} with cloudpickle is needed; run the tests through `just test`, which prepares .venv"
-    );
+    let ok = Command::new(&py).args(["-c", "import cloudpickle"]).status().map(|s| s.success()).unwrap_or(false);
+    assert!(ok, "{py} with cloudpickle is needed; run the tests through `just test`, which prepares .venv");
     py
 }
 
 /// cloudpickle of a zero-argument callable given as Python source of an expression.
 fn pickle(py: &str, expr: &str) -> Vec<u8> {
-    let code =
-        format!("import cloudpickle, sys, os\nsys.stdout.buffer.write(cloudpickle.dumps({expr}))");
-    let out = Command::new(py)
-        .args(["-c", &code])
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let code = format!("import cloudpickle, sys, os\nsys.stdout.buffer.write(cloudpickle.dumps({expr}))");
+    let out = Command::new(py).args(["-c", &code]).output().expect("python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     out.stdout
 }
 
 /// Evaluates `expr` on the unpickled value `x` and returns it as text.
 fn inspect(py: &str, bytes: &[u8], expr: &str) -> String {
-    let code =
-        format!("import pickle, sys\nx = pickle.loads(sys.stdin.buffer.read())\nprint({expr})");
-    let mut child = Command::new(py)
-        .args(["-c", &code])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(bytes)
-        .expect("write");
+    let code = format!("import pickle, sys\nx = pickle.loads(sys.stdin.buffer.read())\nprint({expr})");
+    let mut child =
+        Command::new(py).args(["-c", &code]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("python");
+    child.stdin.take().expect("stdin").write_all(bytes).expect("write");
     let out = child.wait_with_output().expect("python");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 async fn run(cluster_client: &stockade::client::Client, payload: Vec<u8>) -> Outcome {
-    let handle = cluster_client
-        .submit(TaskKind::Python, payload)
-        .expect("submit");
+    let handle = cluster_client.submit(TaskKind::Python, payload).expect("submit");
     bounded("python task", handle).await.expect("outcome")
 }
 
@@ -74,28 +47,15 @@ async fn python_tasks_return_results_from_warm_children() {
     let py = python();
     let cluster = Cluster::start_with(1, 1, &[], &["--python", &py]);
     let client = cluster.client().await;
-    let Outcome::Ok(bytes) = run(&client, pickle(&py, "lambda: sum(range(10))")).await else {
-        panic!("no result")
-    };
+    let Outcome::Ok(bytes) = run(&client, pickle(&py, "lambda: sum(range(10))")).await else { panic!("no result") };
     assert_eq!(inspect(&py, &bytes, "x"), "45");
     // Closures and captured values travel; the same child answers twice (warm reuse).
-    let Outcome::Ok(a) = run(
-        &client,
-        pickle(&py, "(lambda k: (lambda: (os.getpid(), k * 2)))(21)"),
-    )
-    .await
-    else {
+    let Outcome::Ok(a) = run(&client, pickle(&py, "(lambda k: (lambda: (os.getpid(), k * 2)))(21)")).await else {
         panic!()
     };
-    let Outcome::Ok(b) = run(&client, pickle(&py, "lambda: (os.getpid(), 0)")).await else {
-        panic!()
-    };
+    let Outcome::Ok(b) = run(&client, pickle(&py, "lambda: (os.getpid(), 0)")).await else { panic!() };
     assert_eq!(inspect(&py, &a, "x[1]"), "42");
-    assert_eq!(
-        inspect(&py, &a, "x[0]"),
-        inspect(&py, &b, "x[0]"),
-        "a warm child is reused"
-    );
+    assert_eq!(inspect(&py, &a, "x[0]"), inspect(&py, &b, "x[0]"), "a warm child is reused");
     client.close().await;
 }
 
@@ -112,17 +72,12 @@ async fn an_exception_comes_back_with_type_message_and_remote_traceback() {
                 inspect(&py, &e.detail, "repr((type(x[0]).__name__, x[1], x[2]))"),
                 "('ValueError', 'builtins.ValueError', 'bad value 7')"
             );
-            assert!(
-                inspect(&py, &e.detail, "x[3]").contains("Traceback"),
-                "remote traceback attached"
-            );
+            assert!(inspect(&py, &e.detail, "x[3]").contains("Traceback"), "remote traceback attached");
         }
         other => panic!("expected an exception, got {other:?}"),
     }
     // The child survived its task's exception and still works.
-    let Outcome::Ok(bytes) = run(&client, pickle(&py, "lambda: 'still here'")).await else {
-        panic!()
-    };
+    let Outcome::Ok(bytes) = run(&client, pickle(&py, "lambda: 'still here'")).await else { panic!() };
     assert_eq!(inspect(&py, &bytes, "x"), "still here");
     client.close().await;
 }
@@ -135,49 +90,28 @@ async fn a_task_that_kills_its_process_fails_with_worker_lost_and_the_worker_liv
     match run(&client, pickle(&py, "lambda: os._exit(3)")).await {
         Outcome::Err(e) => {
             assert_eq!(e.kind, ErrorKind::WorkerLost);
-            assert!(
-                e.message.contains("lost 2 workers") && e.message.contains("exit status 3"),
-                "{}",
-                e.message
-            );
+            assert!(e.message.contains("lost 2 workers") && e.message.contains("exit status 3"), "{}", e.message);
         }
         other => panic!("expected WorkerLost, got {other:?}"),
     }
-    let Outcome::Ok(bytes) = run(&client, pickle(&py, "lambda: 1 + 1")).await else {
-        panic!()
-    };
+    let Outcome::Ok(bytes) = run(&client, pickle(&py, "lambda: 1 + 1")).await else { panic!() };
     assert_eq!(inspect(&py, &bytes, "x"), "2");
-    let echo = client
-        .submit(TaskKind::Builtin(Builtin::Echo), b"alive".to_vec())
-        .expect("submit");
-    assert_eq!(
-        bounded("echo", echo).await.expect("outcome"),
-        Outcome::Ok(b"alive".to_vec())
-    );
+    let echo = client.submit(TaskKind::Builtin(Builtin::Echo), b"alive".to_vec()).expect("submit");
+    assert_eq!(bounded("echo", echo).await.expect("outcome"), Outcome::Ok(b"alive".to_vec()));
     let info = client.scheduler_info(common::WAIT).await.expect("info");
-    assert_eq!(
-        info.workers.len(),
-        1,
-        "the worker process is still registered"
-    );
+    assert_eq!(info.workers.len(), 1, "the worker process is still registered");
     client.close().await;
 }
 
 #[tokio::test]
 async fn a_missing_interpreter_is_a_clear_error() {
-    let cluster = Cluster::start_with(
-        1,
-        1,
-        &["--allowed-failures", "1"],
-        &["--python", "/nonexistent/python"],
-    );
+    let cluster = Cluster::start_with(1, 1, &["--allowed-failures", "1"], &["--python", "/nonexistent/python"]);
     let client = cluster.client().await;
     match run(&client, b"irrelevant".to_vec()).await {
         Outcome::Err(e) => {
             assert_eq!(e.kind, ErrorKind::WorkerLost);
             assert!(
-                e.message.contains("cannot start /nonexistent/python")
-                    && e.message.contains("hint:"),
+                e.message.contains("cannot start /nonexistent/python") && e.message.contains("hint:"),
                 "{}",
                 e.message
             );

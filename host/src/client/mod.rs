@@ -17,8 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::net::{dial, DialError, Target};
 use crate::proto::{
-    ClientHello, CloseCode, FrameError, FromClient, Outcome, Peer, SchedulerInfo, TaskId, TaskKind,
-    TaskSpec, ToClient,
+    ClientHello, CloseCode, FrameError, FromClient, Outcome, Peer, SchedulerInfo, TaskId, TaskKind, TaskSpec, ToClient,
 };
 
 /// Errors of the client API.
@@ -45,8 +44,8 @@ impl From<DialError> for ClientError {
     }
 }
 
-/// Called once with a task's final outcome.
-pub type Completion = Box<dyn FnOnce(Result<Outcome, ClientError>) + Send + 'static>;
+/// Called once with a task's id and final outcome.
+pub type Completion = Box<dyn FnOnce(TaskId, Result<Outcome, ClientError>) + Send + 'static>;
 
 /// How to reach the scheduler.
 #[derive(Debug, Clone)]
@@ -68,8 +67,8 @@ struct Shared {
 
 impl Shared {
     fn fail_all(&self, error: ClientError) {
-        let pending: Vec<Completion> = match self.pending.lock() {
-            Ok(mut p) => p.drain().map(|(_, c)| c).collect(),
+        let pending: Vec<(TaskId, Completion)> = match self.pending.lock() {
+            Ok(mut p) => p.drain().collect(),
             Err(_) => Vec::new(),
         };
         if let Ok(mut dead) = self.dead.lock() {
@@ -78,8 +77,8 @@ impl Shared {
         if let Ok(mut w) = self.info_waiters.lock() {
             w.clear();
         }
-        for completion in pending {
-            completion(Err(error.clone()));
+        for (id, completion) in pending {
+            completion(id, Err(error.clone()));
         }
     }
 }
@@ -100,12 +99,8 @@ pub struct Client {
 impl Client {
     /// Connects and authenticates.
     pub async fn connect(options: ClientOptions) -> Result<Self, ClientError> {
-        let connected = dial(
-            &options.target,
-            Peer::Client(ClientHello { name: options.name }),
-            options.connect_timeout,
-        )
-        .await?;
+        let connected =
+            dial(&options.target, Peer::Client(ClientHello { name: options.name }), options.connect_timeout).await?;
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
             info_waiters: Mutex::new(HashMap::new()),
@@ -127,11 +122,7 @@ impl Client {
                         other => {
                             // Keep order: submissions before a cancel go out first.
                             if !submit.is_empty() {
-                                result =
-                                    result
-                                        .and(writer.push(&FromClient::Submit(std::mem::take(
-                                            &mut submit,
-                                        ))));
+                                result = result.and(writer.push(&FromClient::Submit(std::mem::take(&mut submit))));
                             }
                             result = result.and(writer.push(&other));
                         }
@@ -155,26 +146,19 @@ impl Client {
                 while let Some(msg) = reader.next::<ToClient>().await? {
                     match msg {
                         ToClient::Results(results) => {
-                            let completions: Vec<(Completion, Outcome)> = match reader_shared
-                                .pending
-                                .lock()
-                            {
+                            let completions: Vec<(TaskId, Completion, Outcome)> = match reader_shared.pending.lock() {
                                 Ok(mut pending) => results
                                     .into_iter()
-                                    .filter_map(|r| pending.remove(&r.id).map(|c| (c, r.outcome)))
+                                    .filter_map(|r| pending.remove(&r.id).map(|c| (r.id, c, r.outcome)))
                                     .collect(),
                                 Err(_) => Vec::new(),
                             };
-                            for (completion, outcome) in completions {
-                                completion(Ok(outcome));
+                            for (id, completion, outcome) in completions {
+                                completion(id, Ok(outcome));
                             }
                         }
                         ToClient::Info(request, info) => {
-                            let waiter = reader_shared
-                                .info_waiters
-                                .lock()
-                                .ok()
-                                .and_then(|mut w| w.remove(&request));
+                            let waiter = reader_shared.info_waiters.lock().ok().and_then(|mut w| w.remove(&request));
                             if let Some(waiter) = waiter {
                                 let _ = waiter.send(info);
                             }
@@ -191,16 +175,12 @@ impl Client {
                     if code == Some(CloseCode::Normal) {
                         ClientError::Closed
                     } else {
-                        ClientError::ConnectionLost(
-                            String::from_utf8_lossy(&close.reason).into_owned(),
-                        )
+                        ClientError::ConnectionLost(String::from_utf8_lossy(&close.reason).into_owned())
                     }
                 }
                 (Some(other), _) => ClientError::ConnectionLost(other.to_string()),
                 (None, Err(e)) => ClientError::ConnectionLost(e.to_string()),
-                (None, Ok(())) => {
-                    ClientError::ConnectionLost("the scheduler closed the stream".into())
-                }
+                (None, Ok(())) => ClientError::ConnectionLost("the scheduler closed the stream".into()),
             };
             reader_shared.fail_all(reason);
         });
@@ -227,24 +207,15 @@ impl Client {
     }
 
     /// Submits tasks; each completion is called exactly once. Returns their ids.
-    pub fn submit_with(
-        &self,
-        tasks: Vec<(TaskKind, Vec<u8>, Completion)>,
-    ) -> Result<Vec<TaskId>, ClientError> {
+    pub fn submit_with(&self, tasks: Vec<(TaskKind, Vec<u8>, Completion)>) -> Result<Vec<TaskId>, ClientError> {
         if let Some(e) = self.shared.dead.lock().ok().and_then(|d| d.clone()) {
             return Err(e);
         }
-        let first = self
-            .next_id
-            .fetch_add(tasks.len() as u64, Ordering::Relaxed);
+        let first = self.next_id.fetch_add(tasks.len() as u64, Ordering::Relaxed);
         let mut specs = Vec::with_capacity(tasks.len());
         let mut ids = Vec::with_capacity(tasks.len());
         {
-            let mut pending = self
-                .shared
-                .pending
-                .lock()
-                .map_err(|_| ClientError::Closed)?;
+            let mut pending = self.shared.pending.lock().map_err(|_| ClientError::Closed)?;
             for (i, (kind, payload, completion)) in tasks.into_iter().enumerate() {
                 let id = first + i as u64;
                 pending.insert(id, completion);
@@ -253,9 +224,7 @@ impl Client {
             }
         }
         if self.tx.send(FromClient::Submit(specs)).is_err() {
-            self.shared.fail_all(ClientError::ConnectionLost(
-                "the client's writer stopped".into(),
-            ));
+            self.shared.fail_all(ClientError::ConnectionLost("the client's writer stopped".into()));
         }
         Ok(ids)
     }
@@ -267,42 +236,31 @@ impl Client {
     }
 
     /// Submits tasks and returns a handle per task, in order.
-    pub fn submit_many(
-        &self,
-        tasks: Vec<(TaskKind, Vec<u8>)>,
-    ) -> Result<Vec<TaskHandle>, ClientError> {
+    pub fn submit_many(&self, tasks: Vec<(TaskKind, Vec<u8>)>) -> Result<Vec<TaskHandle>, ClientError> {
         let mut receivers = Vec::with_capacity(tasks.len());
         let with: Vec<(TaskKind, Vec<u8>, Completion)> = tasks
             .into_iter()
             .map(|(kind, payload)| {
                 let (tx, rx) = oneshot::channel();
                 receivers.push(rx);
-                let completion: Completion = Box::new(move |r| {
+                let completion: Completion = Box::new(move |_, r| {
                     let _ = tx.send(r);
                 });
                 (kind, payload, completion)
             })
             .collect();
         let ids = self.submit_with(with)?;
-        Ok(ids
-            .into_iter()
-            .zip(receivers)
-            .map(|(id, rx)| TaskHandle { id, rx })
-            .collect())
+        Ok(ids.into_iter().zip(receivers).map(|(id, rx)| TaskHandle { id, rx }).collect())
     }
 
     /// Cancels tasks; each ends with a `Cancelled` error unless it already ended.
     pub fn cancel(&self, ids: Vec<TaskId>) -> Result<(), ClientError> {
-        self.tx
-            .send(FromClient::Cancel(ids))
-            .map_err(|_| ClientError::Closed)
+        self.tx.send(FromClient::Cancel(ids)).map_err(|_| ClientError::Closed)
     }
 
     /// Cancels every unfinished task of this session.
     pub fn cancel_all(&self) -> Result<(), ClientError> {
-        self.tx
-            .send(FromClient::CancelAll)
-            .map_err(|_| ClientError::Closed)
+        self.tx.send(FromClient::CancelAll).map_err(|_| ClientError::Closed)
     }
 
     /// Number of tasks submitted and not yet completed.
@@ -317,23 +275,11 @@ impl Client {
         }
         let request = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.shared
-            .info_waiters
-            .lock()
-            .map_err(|_| ClientError::Closed)?
-            .insert(request, tx);
-        self.tx
-            .send(FromClient::QueryInfo(request))
-            .map_err(|_| ClientError::Closed)?;
+        self.shared.info_waiters.lock().map_err(|_| ClientError::Closed)?.insert(request, tx);
+        self.tx.send(FromClient::QueryInfo(request)).map_err(|_| ClientError::Closed)?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(info)) => Ok(info),
-            Ok(Err(_)) => Err(self
-                .shared
-                .dead
-                .lock()
-                .ok()
-                .and_then(|d| d.clone())
-                .unwrap_or(ClientError::Closed)),
+            Ok(Err(_)) => Err(self.shared.dead.lock().ok().and_then(|d| d.clone()).unwrap_or(ClientError::Closed)),
             Err(_) => Err(ClientError::Timeout(timeout)),
         }
     }
@@ -358,8 +304,6 @@ impl Future for TaskHandle {
     type Output = Result<Outcome, ClientError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+        Pin::new(&mut self.rx).poll(cx).map(|r| r.unwrap_or(Err(ClientError::Closed)))
     }
 }

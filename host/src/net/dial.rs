@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::endpoint::{client_endpoint, resolve};
 use super::{NetError, SchedulerFile, ServerTrust};
 use crate::proto::{
-    CloseCode, FrameError, FrameReader, FrameWriter, Hello, Peer, Preamble, Welcome,
-    DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME,
+    CloseCode, FrameError, FrameReader, FrameWriter, Hello, Peer, Preamble, Welcome, DEFAULT_MAX_FRAME,
+    HANDSHAKE_MAX_FRAME,
 };
 
 /// Where a scheduler is and how to trust it.
@@ -52,16 +52,10 @@ impl Target {
                 ))
             }
         };
-        let display = address
-            .map(str::to_string)
-            .or_else(|| file.as_ref().map(|f| f.address.clone()))
-            .unwrap_or_default();
+        let display =
+            address.map(str::to_string).or_else(|| file.as_ref().map(|f| f.address.clone())).unwrap_or_default();
         let addr = resolve(&display)?;
-        let host = display
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_matches(['[', ']']))
-            .unwrap_or("localhost")
-            .to_string();
+        let host = display.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or("localhost").to_string();
         let (trust, file_token) = match (ca_file, file) {
             (Some(ca), file) => (ServerTrust::CaFile(ca), file.map(|f| f.token)),
             (None, Some(file)) => (ServerTrust::Fingerprint(file.fingerprint), Some(file.token)),
@@ -73,13 +67,7 @@ impl Target {
             }
         };
         let token = token.or(file_token).unwrap_or_default();
-        Ok(Self {
-            addr,
-            display,
-            server_name: host,
-            trust,
-            token,
-        })
+        Ok(Self { addr, display, server_name: host, trust, token })
     }
 }
 
@@ -148,58 +136,30 @@ pub async fn dial_with_preamble(
     let attempt = async {
         let conn = endpoint
             .connect(target.addr, &target.server_name)
-            .map_err(|e| DialError::Connect {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?
+            .map_err(|e| DialError::Connect { addr: addr.clone(), reason: e.to_string() })?
             .await
             .map_err(|e| connection_error(&addr, e))?;
         let exchange = async {
-            let (send, recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| FrameError::Io(std::io::Error::other(e)))?;
+            let (send, recv) = conn.open_bi().await.map_err(|e| FrameError::Io(std::io::Error::other(e)))?;
             let mut writer = FrameWriter::new(send);
             let mut reader = FrameReader::new(recv, HANDSHAKE_MAX_FRAME);
-            writer
-                .get_mut()
-                .write_all(&preamble.to_bytes())
-                .await
-                .map_err(|e| FrameError::Io(e.into()))?;
-            writer
-                .send(&Hello {
-                    token: target.token.clone(),
-                    peer,
-                })
-                .await?;
-            let welcome = reader
-                .next::<Welcome>()
-                .await?
-                .ok_or(FrameError::Truncated {
-                    got: 0,
-                    expected: 4,
-                })?;
+            writer.get_mut().write_all(&preamble.to_bytes()).await.map_err(|e| FrameError::Io(e.into()))?;
+            writer.send(&Hello { token: target.token.clone(), peer }).await?;
+            let welcome = reader.next::<Welcome>().await?.ok_or(FrameError::Truncated { got: 0, expected: 4 })?;
             reader.set_max_frame(DEFAULT_MAX_FRAME);
             Ok::<_, FrameError>((writer, reader, welcome))
         };
         match exchange.await {
-            Ok((writer, reader, welcome)) => Ok(Connected {
-                endpoint: endpoint.clone(),
-                conn,
-                writer,
-                reader,
-                welcome,
-            }),
+            Ok((writer, reader, welcome)) => {
+                Ok(Connected { endpoint: endpoint.clone(), conn, writer, reader, welcome })
+            }
             Err(e) => {
                 // A refusal arrives as a connection close; wait briefly for it so the
                 // user sees the scheduler's reason rather than a stream error.
                 let closed = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
                 match closed {
                     Ok(reason) => Err(connection_error(&addr, reason)),
-                    Err(_) => Err(DialError::Connect {
-                        addr: addr.clone(),
-                        reason: e.to_string(),
-                    }),
+                    Err(_) => Err(DialError::Connect { addr: addr.clone(), reason: e.to_string() }),
                 }
             }
         }
@@ -218,13 +178,9 @@ pub fn connection_error(addr: &str, e: quinn::ConnectionError) -> DialError {
             code: CloseCode::from_code(close.error_code),
             reason: String::from_utf8_lossy(&close.reason).into_owned(),
         },
-        quinn::ConnectionError::TimedOut => DialError::Timeout {
-            addr: addr.to_string(),
-            timeout: Duration::from_secs(30),
-        },
-        other => DialError::Connect {
-            addr: addr.to_string(),
-            reason: other.to_string(),
-        },
+        quinn::ConnectionError::TimedOut => {
+            DialError::Timeout { addr: addr.to_string(), timeout: Duration::from_secs(30) }
+        }
+        other => DialError::Connect { addr: addr.to_string(), reason: other.to_string() },
     }
 }

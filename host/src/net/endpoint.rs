@@ -15,9 +15,7 @@ pub enum NetError {
     #[error("TLS: {0}")]
     Tls(String),
     /// The socket could not be bound or used.
-    #[error(
-        "cannot use {addr}: {source}; hint: check that the address is local and the port free"
-    )]
+    #[error("cannot use {addr}: {source}; hint: check that the address is local and the port free")]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -55,36 +53,21 @@ pub fn transport_config() -> quinn::TransportConfig {
 
 /// The scheduler's endpoint, bound to `addr`.
 pub fn server_endpoint(addr: SocketAddr, identity: &Identity) -> Result<quinn::Endpoint, NetError> {
-    let crypto = QuicServerConfig::try_from(tls::server_config(identity)?)
-        .map_err(|e| NetError::Tls(e.to_string()))?;
+    let crypto = QuicServerConfig::try_from(tls::server_config(identity)?).map_err(|e| NetError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config()));
     quinn::Endpoint::server(config, addr).map_err(|source| NetError::Bind { addr, source })
 }
 
 /// A client endpoint for reaching `remote`, trusting the scheduler as `trust` says.
-pub fn client_endpoint(
-    remote: SocketAddr,
-    trust: &ServerTrust,
-) -> Result<quinn::Endpoint, NetError> {
-    let local: SocketAddr = if remote.is_ipv6() {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    }
-    .parse()
-    .map_err(|_| NetError::Resolve {
-        addr: remote.to_string(),
-        reason: "bad local address".into(),
-    })?;
-    let crypto = QuicClientConfig::try_from(tls::client_config(trust)?)
-        .map_err(|e| NetError::Tls(e.to_string()))?;
+pub fn client_endpoint(remote: SocketAddr, trust: &ServerTrust) -> Result<quinn::Endpoint, NetError> {
+    let local: SocketAddr = if remote.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .map_err(|_| NetError::Resolve { addr: remote.to_string(), reason: "bad local address".into() })?;
+    let crypto = QuicClientConfig::try_from(tls::client_config(trust)?).map_err(|e| NetError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config()));
-    let mut endpoint = quinn::Endpoint::client(local).map_err(|source| NetError::Bind {
-        addr: local,
-        source,
-    })?;
+    let mut endpoint = quinn::Endpoint::client(local).map_err(|source| NetError::Bind { addr: local, source })?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
@@ -94,13 +77,7 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, NetError> {
     use std::net::ToSocketAddrs;
     let addr = addr.strip_prefix("quic://").unwrap_or(addr);
     addr.to_socket_addrs()
-        .map_err(|e| NetError::Resolve {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })?
+        .map_err(|e| NetError::Resolve { addr: addr.to_string(), reason: e.to_string() })?
         .next()
-        .ok_or_else(|| NetError::Resolve {
-            addr: addr.to_string(),
-            reason: "no address found".into(),
-        })
+        .ok_or_else(|| NetError::Resolve { addr: addr.to_string(), reason: "no address found".into() })
 }

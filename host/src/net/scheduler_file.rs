@@ -34,9 +34,7 @@ impl SchedulerFile {
     pub fn default_path(port: u16) -> PathBuf {
         let base = std::env::var_os("STOCKADE_RUNTIME_DIR")
             .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("stockade"))
-            })
+            .or_else(|| std::env::var_os("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("stockade")))
             .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".stockade")))
             .unwrap_or_else(|| std::env::temp_dir().join(format!("stockade-{}", uid())));
         base.join(format!("scheduler-{port}.json"))
@@ -44,18 +42,13 @@ impl SchedulerFile {
 
     /// Writes the file atomically (write to a temporary, then rename), mode 0600.
     pub fn write(&self, path: &Path) -> Result<(), NetError> {
-        let err = |e: std::io::Error| {
-            NetError::SchedulerFile(format!(
-                "cannot write scheduler file {}: {e}",
-                path.display()
-            ))
-        };
+        let err =
+            |e: std::io::Error| NetError::SchedulerFile(format!("cannot write scheduler file {}: {e}", path.display()));
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        let json =
-            serde_json::to_vec_pretty(self).map_err(|e| NetError::SchedulerFile(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(self).map_err(|e| NetError::SchedulerFile(e.to_string()))?;
         {
             use std::os::unix::fs::OpenOptionsExt;
             let mut f = std::fs::OpenOptions::new()
@@ -79,12 +72,8 @@ impl SchedulerFile {
                 path.display()
             ))
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            NetError::SchedulerFile(format!(
-                "scheduler file {} is not valid: {e}",
-                path.display()
-            ))
-        })
+        serde_json::from_slice(&bytes)
+            .map_err(|e| NetError::SchedulerFile(format!("scheduler file {} is not valid: {e}", path.display())))
     }
 
     /// Removes `path` if it still describes this process's scheduler.
@@ -110,19 +99,12 @@ mod tests {
     fn round_trips_and_is_private() {
         let dir = std::env::temp_dir().join(format!("stockade-sf-{}", std::process::id()));
         let path = dir.join("s.json");
-        let file = SchedulerFile {
-            address: "127.0.0.1:1".into(),
-            fingerprint: "sha256:00".into(),
-            token: "t".into(),
-            pid: 5,
-        };
+        let file =
+            SchedulerFile { address: "127.0.0.1:1".into(), fingerprint: "sha256:00".into(), token: "t".into(), pid: 5 };
         file.write(&path).unwrap();
         assert_eq!(SchedulerFile::read(&path).unwrap(), file);
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -28,21 +28,14 @@ impl Identity {
     /// A fresh self-signed certificate for `localhost`, the loopback addresses and
     /// `extra_names` (host names or IP addresses the scheduler is reached by).
     pub fn self_signed(extra_names: &[String]) -> Result<Self, NetError> {
-        let mut names = vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-            "::1".to_string(),
-        ];
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
         names.extend(extra_names.iter().filter(|n| !n.is_empty()).cloned());
         names.sort();
         names.dedup();
         let certified = rcgen::generate_simple_self_signed(names)
             .map_err(|e| NetError::Tls(format!("could not generate a certificate: {e}")))?;
         let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
-        Ok(Self {
-            chain: vec![certified.cert.der().clone()],
-            key: key.into(),
-        })
+        Ok(Self { chain: vec![certified.cert.der().clone()], key: key.into() })
     }
 
     /// Loads a PEM certificate chain and private key.
@@ -50,27 +43,18 @@ impl Identity {
         use rustls::pki_types::pem::PemObject;
         let chain = CertificateDer::pem_file_iter(cert)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| {
-                NetError::Tls(format!("cannot read certificate {}: {e}", cert.display()))
-            })?;
+            .map_err(|e| NetError::Tls(format!("cannot read certificate {}: {e}", cert.display())))?;
         if chain.is_empty() {
-            return Err(NetError::Tls(format!(
-                "no certificate in {}",
-                cert.display()
-            )));
+            return Err(NetError::Tls(format!("no certificate in {}", cert.display())));
         }
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-            NetError::Tls(format!("cannot read private key {}: {e}", key.display()))
-        })?;
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| NetError::Tls(format!("cannot read private key {}: {e}", key.display())))?;
         Ok(Self { chain, key })
     }
 
     /// `sha256:<hex>` of the leaf certificate, as pinned in scheduler files.
     pub fn fingerprint(&self) -> String {
-        self.chain
-            .first()
-            .map(|c| fingerprint(c))
-            .unwrap_or_default()
+        self.chain.first().map(|c| fingerprint(c)).unwrap_or_default()
     }
 }
 
@@ -112,13 +96,9 @@ pub fn client_config(trust: &ServerTrust) -> Result<rustls::ClientConfig, NetErr
             let mut roots = rustls::RootCertStore::empty();
             let certs = CertificateDer::pem_file_iter(path)
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| {
-                    NetError::Tls(format!("cannot read CA file {}: {e}", path.display()))
-                })?;
+                .map_err(|e| NetError::Tls(format!("cannot read CA file {}: {e}", path.display())))?;
             for cert in certs {
-                roots.add(cert).map_err(|e| {
-                    NetError::Tls(format!("bad CA certificate in {}: {e}", path.display()))
-                })?;
+                roots.add(cert).map_err(|e| NetError::Tls(format!("bad CA certificate in {}: {e}", path.display())))?;
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
@@ -173,12 +153,7 @@ impl ServerCertVerifier for PinnedCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -187,17 +162,10 @@ impl ServerCertVerifier for PinnedCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }

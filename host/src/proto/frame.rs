@@ -68,8 +68,7 @@ where
 pub fn decode<T>(bytes: &[u8]) -> Result<T, FrameError>
 where
     T: Archive,
-    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
-        + Deserialize<T, HighDeserializer<rancor::Error>>,
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>> + Deserialize<T, HighDeserializer<rancor::Error>>,
 {
     let aligned;
     let bytes = if (bytes.as_ptr() as usize).is_multiple_of(16) {
@@ -115,19 +114,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 if got == 0 {
                     return Ok(None);
                 }
-                return Err(FrameError::Truncated {
-                    got,
-                    expected: header.len(),
-                });
+                return Err(FrameError::Truncated { got, expected: header.len() });
             }
             got += n;
         }
         let len = u32::from_le_bytes(header) as usize;
         if len > self.max_frame {
-            return Err(FrameError::TooLarge {
-                len,
-                max: self.max_frame,
-            });
+            return Err(FrameError::TooLarge { len, max: self.max_frame });
         }
         let mut buf = AlignedVec::<16>::with_capacity(len);
         buf.resize(len, 0);
@@ -146,8 +139,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub async fn next<T>(&mut self) -> Result<Option<T>, FrameError>
     where
         T: Archive,
-        T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
-            + Deserialize<T, HighDeserializer<rancor::Error>>,
+        T::Archived:
+            for<'a> CheckBytes<HighValidator<'a, rancor::Error>> + Deserialize<T, HighDeserializer<rancor::Error>>,
     {
         match self.next_bytes().await? {
             Some(bytes) => decode(&bytes).map(Some),
@@ -165,10 +158,7 @@ pub struct FrameWriter<W> {
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Wraps a stream.
     pub fn new(inner: W) -> Self {
-        Self {
-            inner,
-            buf: Vec::new(),
-        }
+        Self { inner, buf: Vec::new() }
     }
 
     /// The underlying stream.
@@ -182,9 +172,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
     {
         let bytes = encode(msg)?;
-        let len = u32::try_from(bytes.len()).map_err(|_| {
-            FrameError::Encode(format!("message of {} bytes is too large", bytes.len()))
-        })?;
+        let len = u32::try_from(bytes.len())
+            .map_err(|_| FrameError::Encode(format!("message of {} bytes is too large", bytes.len())))?;
         self.buf.extend_from_slice(&len.to_le_bytes());
         self.buf.extend_from_slice(&bytes);
         Ok(())
@@ -229,14 +218,8 @@ mod tests {
         w.flush().await.unwrap();
         drop(w);
         let mut r = FrameReader::new(b, 1024);
-        assert_eq!(
-            r.next::<FromClient>().await.unwrap(),
-            Some(FromClient::CancelAll)
-        );
-        assert_eq!(
-            r.next::<FromClient>().await.unwrap(),
-            Some(FromClient::QueryInfo(9))
-        );
+        assert_eq!(r.next::<FromClient>().await.unwrap(), Some(FromClient::CancelAll));
+        assert_eq!(r.next::<FromClient>().await.unwrap(), Some(FromClient::QueryInfo(9)));
         assert_eq!(r.next::<FromClient>().await.unwrap(), None);
     }
 
@@ -246,10 +229,7 @@ mod tests {
         a.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
         let mut r = FrameReader::new(b, 1024);
         let err = r.next_bytes().await.unwrap_err();
-        assert!(
-            matches!(err, FrameError::TooLarge { len, max: 1024 } if len == u32::MAX as usize),
-            "{err}"
-        );
+        assert!(matches!(err, FrameError::TooLarge { len, max: 1024 } if len == u32::MAX as usize), "{err}");
     }
 
     #[tokio::test]
@@ -260,16 +240,7 @@ mod tests {
         drop(a);
         let mut r = FrameReader::new(b, 1024);
         let err = r.next_bytes().await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                FrameError::Truncated {
-                    got: 3,
-                    expected: 10
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, FrameError::Truncated { got: 3, expected: 10 }), "{err}");
     }
 
     #[test]
@@ -277,15 +248,9 @@ mod tests {
         let bytes = encode(&ToClient::Info(3, Default::default())).unwrap();
         for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
             let err = decode::<ToClient>(&bytes[..cut]).unwrap_err();
-            assert!(
-                matches!(err, FrameError::Malformed(_)),
-                "cut at {cut}: {err}"
-            );
+            assert!(matches!(err, FrameError::Malformed(_)), "cut at {cut}: {err}");
         }
         let garbage = vec![0xffu8; 64];
-        assert!(matches!(
-            decode::<ToClient>(&garbage),
-            Err(FrameError::Malformed(_))
-        ));
+        assert!(matches!(decode::<ToClient>(&garbage), Err(FrameError::Malformed(_))));
     }
 }

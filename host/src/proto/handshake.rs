@@ -22,7 +22,9 @@ pub enum HandshakeError {
         ours: u16,
     },
     /// The token is unknown.
-    #[error("the token was not accepted; hint: pass the token from the scheduler file (--scheduler-file or STOCKADE_TOKEN)")]
+    #[error(
+        "the token was not accepted; hint: pass the token from the scheduler file (--scheduler-file or STOCKADE_TOKEN)"
+    )]
     Unauthorized,
 }
 
@@ -50,9 +52,7 @@ impl Preamble {
 
     /// This build's preamble.
     pub fn current() -> Self {
-        Self {
-            version: PROTOCOL_VERSION,
-        }
+        Self { version: PROTOCOL_VERSION }
     }
 
     /// Bytes on the wire.
@@ -68,19 +68,14 @@ impl Preamble {
         if bytes[..8] != MAGIC {
             return Err(HandshakeError::BadMagic);
         }
-        Ok(Self {
-            version: u16::from_le_bytes([bytes[8], bytes[9]]),
-        })
+        Ok(Self { version: u16::from_le_bytes([bytes[8], bytes[9]]) })
     }
 
     /// Parses a preamble and checks that its version is ours.
     pub fn check(bytes: &[u8; Self::LEN]) -> Result<Self, HandshakeError> {
         let preamble = Self::parse(bytes)?;
         if preamble.version != PROTOCOL_VERSION {
-            return Err(HandshakeError::VersionMismatch {
-                peer: preamble.version,
-                ours: PROTOCOL_VERSION,
-            });
+            return Err(HandshakeError::VersionMismatch { peer: preamble.version, ours: PROTOCOL_VERSION });
         }
         Ok(preamble)
     }
@@ -103,9 +98,6 @@ mod tests {
         assert!(err.to_string().contains("hint:"));
 
         let junk = [7u8; Preamble::LEN];
-        assert!(matches!(
-            Preamble::check(&junk),
-            Err(HandshakeError::BadMagic)
-        ));
+        assert!(matches!(Preamble::check(&junk), Err(HandshakeError::BadMagic)));
     }
 }

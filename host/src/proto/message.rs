@@ -202,17 +202,7 @@ pub enum ToWorker {
 }
 
 /// What `stockade status` and `Client.scheduler_info()` show.
-#[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    Debug,
-    Clone,
-    PartialEq,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct SchedulerInfo {
     /// Connected workers.
     pub workers: Vec<WorkerInfo>,
@@ -223,17 +213,7 @@ pub struct SchedulerInfo {
 }
 
 /// One worker in [`SchedulerInfo`].
-#[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    Debug,
-    Clone,
-    PartialEq,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct WorkerInfo {
     /// Worker id.
     pub id: u64,
@@ -250,17 +230,7 @@ pub struct WorkerInfo {
 }
 
 /// Task counters in [`SchedulerInfo`].
-#[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    Debug,
-    Clone,
-    PartialEq,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct TaskCounts {
     /// Waiting for a slot.
     pub queued: u64,
@@ -273,17 +243,7 @@ pub struct TaskCounts {
 }
 
 /// One client session in [`SchedulerInfo`].
-#[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    Debug,
-    Clone,
-    PartialEq,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct SessionInfo {
     /// Session id.
     pub id: u64,
@@ -320,13 +280,7 @@ mod tests {
 
     #[test]
     fn golden_bytes_of_a_hello() {
-        let msg = Hello {
-            token: "t".into(),
-            peer: Peer::Worker(WorkerHello {
-                name: "w".into(),
-                slots: 2,
-            }),
-        };
+        let msg = Hello { token: "t".into(), peer: Peer::Worker(WorkerHello { name: "w".into(), slots: 2 }) };
         let bytes = encode(&msg).unwrap();
         assert_eq!(
             hex::encode(&bytes),
@@ -336,6 +290,7 @@ mod tests {
         assert_eq!(decode::<Hello>(&bytes).unwrap(), msg);
     }
 
-    const GOLDEN_SUBMIT: &str = "6869000000000000070000000000000000020000ecffffff020000000000000000000000e4ffffff0100000000000000";
+    const GOLDEN_SUBMIT: &str =
+        "6869000000000000070000000000000000020000ecffffff020000000000000000000000e4ffffff0100000000000000";
     const GOLDEN_HELLO: &str = "74ffffffffffffff0100000077ffffffffffffff02000000";
 }

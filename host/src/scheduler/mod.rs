@@ -24,9 +24,8 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::proto::{
-    ClientHello, CloseCode, FrameError, FrameReader, FrameWriter, FromClient, FromWorker,
-    HandshakeError, Hello, Peer, Preamble, ToClient, ToWorker, Welcome, WorkerHello,
-    DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME,
+    ClientHello, CloseCode, FrameError, FrameReader, FrameWriter, FromClient, FromWorker, HandshakeError, Hello, Peer,
+    Preamble, ToClient, ToWorker, Welcome, WorkerHello, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME,
 };
 use crate::tenancy::Tenants;
 use state::{Action, Event, SchedulerConfig, SchedulerState, SessionId, WorkerId};
@@ -65,16 +64,9 @@ enum CoreMsg {
 
 /// Runs the scheduler on `endpoint` until `shutdown` completes. Connections are closed
 /// with [`CloseCode::ShuttingDown`] on the way out.
-pub async fn run(
-    endpoint: quinn::Endpoint,
-    options: SchedulerOptions,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn run(endpoint: quinn::Endpoint, options: SchedulerOptions, shutdown: impl Future<Output = ()>) {
     let (core_tx, core_rx) = mpsc::unbounded_channel();
-    let core = tokio::spawn(core_loop(
-        SchedulerState::new(options.core.clone()),
-        core_rx,
-    ));
+    let core = tokio::spawn(core_loop(SchedulerState::new(options.core.clone()), core_rx));
     let ticker = {
         let tx = core_tx.clone();
         let every = options.heartbeat_interval;
@@ -82,12 +74,7 @@ pub async fn run(
             let mut interval = tokio::time::interval(every);
             loop {
                 interval.tick().await;
-                if tx
-                    .send(CoreMsg::Event(Event::Tick {
-                        now: Instant::now(),
-                    }))
-                    .is_err()
-                {
+                if tx.send(CoreMsg::Event(Event::Tick { now: Instant::now() })).is_err() {
                     break;
                 }
             }
@@ -116,10 +103,7 @@ pub async fn run(
         _ = accept => {}
         _ = shutdown => tracing::info!("shutting down"),
     }
-    endpoint.close(
-        CloseCode::ShuttingDown.code(),
-        b"scheduler is shutting down",
-    );
+    endpoint.close(CloseCode::ShuttingDown.code(), b"scheduler is shutting down");
     ticker.abort();
     drop(core_tx);
     core.abort();
@@ -135,11 +119,7 @@ async fn serve_connection(
     core_tx: mpsc::UnboundedSender<CoreMsg>,
 ) {
     let remote = conn.remote_address();
-    let accepted = tokio::time::timeout(
-        options.handshake_timeout,
-        handshake(&conn, &options.tenants),
-    )
-    .await;
+    let accepted = tokio::time::timeout(options.handshake_timeout, handshake(&conn, &options.tenants)).await;
     let (writer, reader, hello, tenant) = match accepted {
         Ok(Ok(ok)) => ok,
         Ok(Err(rejection)) => {
@@ -149,10 +129,7 @@ async fn serve_connection(
         }
         Err(_) => {
             tracing::warn!(%remote, "handshake timed out");
-            conn.close(
-                CloseCode::HandshakeTimeout.code(),
-                b"no handshake within the time limit",
-            );
+            conn.close(CloseCode::HandshakeTimeout.code(), b"no handshake within the time limit");
             return;
         }
     };
@@ -166,11 +143,7 @@ async fn serve_connection(
             tracing::info!(%remote, session = id, %tenant, %name, "client connected");
             let (tx, rx) = mpsc::unbounded_channel();
             let _ = core_tx.send(CoreMsg::ClientOutbox(id, tx));
-            let _ = core_tx.send(CoreMsg::Event(Event::ClientJoined {
-                session: id,
-                tenant,
-                name,
-            }));
+            let _ = core_tx.send(CoreMsg::Event(Event::ClientJoined { session: id, tenant, name }));
             tokio::spawn(write_loop(writer, welcome, rx, conn.clone()));
             let end = client_reader(reader, id, &core_tx).await;
             close_on_error(&conn, end);
@@ -202,8 +175,7 @@ fn close_on_error(conn: &quinn::Connection, end: Result<(), FrameError>) {
             tracing::warn!(remote = %conn.remote_address(), error = %e, "closing connection");
             conn.close(
                 e.close_code().code(),
-                format!("{e}; hint: the peer sent bytes that are not a valid Stockade frame")
-                    .as_bytes(),
+                format!("{e}; hint: the peer sent bytes that are not a valid Stockade frame").as_bytes(),
             );
         }
     }
@@ -216,47 +188,33 @@ struct Rejection {
 
 impl From<HandshakeError> for Rejection {
     fn from(e: HandshakeError) -> Self {
-        Self {
-            code: e.close_code(),
-            reason: e.to_string(),
-        }
+        Self { code: e.close_code(), reason: e.to_string() }
     }
 }
 
 impl From<FrameError> for Rejection {
     fn from(e: FrameError) -> Self {
-        Self {
-            code: e.close_code(),
-            reason: format!("bad handshake: {e}"),
-        }
+        Self { code: e.close_code(), reason: format!("bad handshake: {e}") }
     }
 }
 
-type Accepted = (
-    FrameWriter<quinn::SendStream>,
-    FrameReader<quinn::RecvStream>,
-    Hello,
-    Arc<str>,
-);
+type Accepted = (FrameWriter<quinn::SendStream>, FrameReader<quinn::RecvStream>, Hello, Arc<str>);
 
 async fn handshake(conn: &quinn::Connection, tenants: &Tenants) -> Result<Accepted, Rejection> {
-    let (send, mut recv) = conn.accept_bi().await.map_err(|e| Rejection {
-        code: CloseCode::ProtocolError,
-        reason: format!("no control stream: {e}"),
-    })?;
+    let (send, mut recv) = conn
+        .accept_bi()
+        .await
+        .map_err(|e| Rejection { code: CloseCode::ProtocolError, reason: format!("no control stream: {e}") })?;
     let mut preamble = [0u8; Preamble::LEN];
     recv.read_exact(&mut preamble)
         .await
-        .map_err(|e| Rejection {
-            code: CloseCode::ProtocolError,
-            reason: format!("no preamble: {e}"),
-        })?;
+        .map_err(|e| Rejection { code: CloseCode::ProtocolError, reason: format!("no preamble: {e}") })?;
     Preamble::check(&preamble)?;
     let mut reader = FrameReader::new(recv, HANDSHAKE_MAX_FRAME);
-    let hello: Hello = reader.next().await?.ok_or(Rejection {
-        code: CloseCode::ProtocolError,
-        reason: "stream ended before Hello".into(),
-    })?;
+    let hello: Hello = reader
+        .next()
+        .await?
+        .ok_or(Rejection { code: CloseCode::ProtocolError, reason: "stream ended before Hello".into() })?;
     let tenant = tenants.authenticate(&hello.token)?;
     reader.set_max_frame(DEFAULT_MAX_FRAME);
     Ok((FrameWriter::new(send), reader, hello, tenant))
@@ -289,11 +247,7 @@ async fn worker_reader(
     while let Some(msg) = reader.next::<FromWorker>().await? {
         let now = Instant::now();
         let event = match msg {
-            FromWorker::Finished(results) => Event::Finished {
-                worker,
-                results,
-                now,
-            },
+            FromWorker::Finished(results) => Event::Finished { worker, results, now },
             FromWorker::Heartbeat => Event::Heartbeat { worker, now },
         };
         if core_tx.send(CoreMsg::Event(event)).is_err() {
@@ -393,9 +347,7 @@ fn route(actions: Vec<Action>, out: &mut Outboxes) {
     for action in actions {
         match action {
             Action::Run { worker, assignment } => runs.entry(worker).or_default().push(assignment),
-            Action::CancelAttempt { worker, attempt } => {
-                cancels.entry(worker).or_default().push(attempt)
-            }
+            Action::CancelAttempt { worker, attempt } => cancels.entry(worker).or_default().push(attempt),
             Action::Deliver { session, result } => results.entry(session).or_default().push(result),
             Action::DropWorker { worker, reason } => {
                 if let Some((_, conn)) = out.workers.remove(&worker) {

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::proto::{
-    Assignment, AttemptId, AttemptResult, ErrorKind, Outcome, SchedulerInfo, SessionInfo,
-    TaskCounts, TaskError, TaskId, TaskKind, TaskResult, TaskSpec, WorkerInfo,
+    Assignment, AttemptId, AttemptResult, ErrorKind, Outcome, SchedulerInfo, SessionInfo, TaskCounts, TaskError,
+    TaskId, TaskKind, TaskResult, TaskSpec, WorkerInfo,
 };
 
 /// Identifies a connected client session.
@@ -174,10 +174,7 @@ type TaskKey = u64;
 #[derive(Debug)]
 enum TaskState {
     Queued,
-    Assigned {
-        worker: WorkerId,
-        attempt: AttemptId,
-    },
+    Assigned { worker: WorkerId, attempt: AttemptId },
 }
 
 #[derive(Debug)]
@@ -260,20 +257,10 @@ impl SchedulerState {
     /// Applies one event; the resulting actions accumulate until [`Self::take_actions`].
     pub fn handle(&mut self, event: Event) {
         match event {
-            Event::ClientJoined {
-                session,
-                tenant,
-                name,
-            } => {
+            Event::ClientJoined { session, tenant, name } => {
                 self.sessions.insert(
                     session,
-                    Session {
-                        tenant,
-                        name,
-                        queue: VecDeque::new(),
-                        tasks: HashMap::new(),
-                        in_ring: false,
-                    },
+                    Session { tenant, name, queue: VecDeque::new(), tasks: HashMap::new(), in_ring: false },
                 );
             }
             Event::ClientLeft { session } => {
@@ -283,10 +270,7 @@ impl SchedulerState {
             Event::Submit { session, tasks } => self.submit(session, tasks),
             Event::Cancel { session, ids } => {
                 let keys: Vec<TaskKey> = match self.sessions.get(&session) {
-                    Some(s) => ids
-                        .iter()
-                        .filter_map(|id| s.tasks.get(id).copied())
-                        .collect(),
+                    Some(s) => ids.iter().filter_map(|id| s.tasks.get(id).copied()).collect(),
                     None => return,
                 };
                 for key in keys {
@@ -294,23 +278,10 @@ impl SchedulerState {
                 }
             }
             Event::CancelAll { session } => self.cancel_session(session, true),
-            Event::WorkerJoined {
-                worker,
-                name,
-                address,
-                slots,
-                now,
-            } => {
+            Event::WorkerJoined { worker, name, address, slots, now } => {
                 self.workers.insert(
                     worker,
-                    Worker {
-                        name,
-                        address,
-                        slots,
-                        assigned: FxHashSet::default(),
-                        last_seen: now,
-                        done: 0,
-                    },
+                    Worker { name, address, slots, assigned: FxHashSet::default(), last_seen: now, done: 0 },
                 );
             }
             Event::WorkerLeft { worker } => self.worker_lost(worker, "its connection closed"),
@@ -319,11 +290,7 @@ impl SchedulerState {
                     w.last_seen = now;
                 }
             }
-            Event::Finished {
-                worker,
-                results,
-                now,
-            } => self.finished(worker, results, now),
+            Event::Finished { worker, results, now } => self.finished(worker, results, now),
             Event::Tick { now } => {
                 let timeout = self.config.heartbeat_timeout;
                 let silent: Vec<WorkerId> = self
@@ -334,10 +301,7 @@ impl SchedulerState {
                     .collect();
                 for worker in silent {
                     let reason = format!("no heartbeat for {timeout:?}");
-                    self.actions.push(Action::DropWorker {
-                        worker,
-                        reason: reason.clone(),
-                    });
+                    self.actions.push(Action::DropWorker { worker, reason: reason.clone() });
                     self.worker_lost(worker, &reason);
                 }
             }
@@ -432,11 +396,7 @@ impl SchedulerState {
     fn finished(&mut self, worker: WorkerId, results: Vec<AttemptResult>, now: Instant) {
         let Some(w) = self.workers.get_mut(&worker) else {
             // A worker already declared lost: its reports are stale by definition.
-            tracing::debug!(
-                worker,
-                n = results.len(),
-                "dropping results of an unknown worker"
-            );
+            tracing::debug!(worker, n = results.len(), "dropping results of an unknown worker");
             return;
         };
         w.last_seen = now;
@@ -445,11 +405,7 @@ impl SchedulerState {
             if w.assigned.remove(&r.attempt) {
                 accepted.push(r);
             } else {
-                tracing::warn!(
-                    worker,
-                    attempt = r.attempt,
-                    "worker reported an attempt it does not hold"
-                );
+                tracing::warn!(worker, attempt = r.attempt, "worker reported an attempt it does not hold");
             }
         }
         let mut lost = Vec::new();
@@ -531,13 +487,7 @@ impl SchedulerState {
             Outcome::Ok(_) => self.done += 1,
             Outcome::Err(_) => self.failed += 1,
         }
-        self.actions.push(Action::Deliver {
-            session: task.session,
-            result: TaskResult {
-                id: task.id,
-                outcome,
-            },
-        });
+        self.actions.push(Action::Deliver { session: task.session, result: TaskResult { id: task.id, outcome } });
     }
 
     fn cancel_task(&mut self, key: TaskKey, deliver: bool) {
@@ -549,10 +499,7 @@ impl SchedulerState {
             self.actions.push(Action::CancelAttempt { worker, attempt });
         }
         if deliver {
-            self.finish(
-                key,
-                error(ErrorKind::Cancelled, "cancelled by the client".into()),
-            );
+            self.finish(key, error(ErrorKind::Cancelled, "cancelled by the client".into()));
         } else if let Some(task) = self.tasks.remove(&key) {
             if let TaskState::Queued = task.state {
                 self.queued -= 1;
@@ -629,13 +576,7 @@ impl SchedulerState {
             };
             let mut picked = None;
             while let Some(key) = s.queue.pop_front() {
-                if matches!(
-                    self.tasks.get(&key),
-                    Some(Task {
-                        state: TaskState::Queued,
-                        ..
-                    })
-                ) {
+                if matches!(self.tasks.get(&key), Some(Task { state: TaskState::Queued, .. })) {
                     picked = Some(key);
                     break;
                 }
@@ -660,12 +601,7 @@ impl SchedulerState {
             }
             self.actions.push(Action::Run {
                 worker,
-                assignment: Assignment {
-                    attempt,
-                    tenant,
-                    kind: task.kind,
-                    payload: task.payload.clone(),
-                },
+                assignment: Assignment { attempt, tenant, kind: task.kind, payload: task.payload.clone() },
             });
             return true;
         }
@@ -674,11 +610,7 @@ impl SchedulerState {
 }
 
 fn error(kind: ErrorKind, message: String) -> Outcome {
-    Outcome::Err(TaskError {
-        kind,
-        message,
-        detail: Vec::new(),
-    })
+    Outcome::Err(TaskError { kind, message, detail: Vec::new() })
 }
 
 #[cfg(test)]

@@ -49,16 +49,12 @@ struct TenantEntry {
 impl Tenants {
     /// One `default` tenant with a freshly generated token.
     pub fn generated() -> Self {
-        Self {
-            tokens: vec![(new_token(), Arc::from(DEFAULT_TENANT))],
-        }
+        Self { tokens: vec![(new_token(), Arc::from(DEFAULT_TENANT))] }
     }
 
     /// One `default` tenant with the given token.
     pub fn single(token: String) -> Self {
-        Self {
-            tokens: vec![(token, Arc::from(DEFAULT_TENANT))],
-        }
+        Self { tokens: vec![(token, Arc::from(DEFAULT_TENANT))] }
     }
 
     /// Token-less: everyone is the `default` tenant. Only for loopback schedulers.
@@ -68,10 +64,7 @@ impl Tenants {
 
     /// Tenants from a `stockade.toml`: `[[tenant]] name = "..." token = "..."`.
     pub fn from_config(path: &Path) -> Result<Self, TenancyError> {
-        let err = |reason: String| TenancyError::Config {
-            path: path.display().to_string(),
-            reason,
-        };
+        let err = |reason: String| TenancyError::Config { path: path.display().to_string(), reason };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let config: ConfigFile = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         if config.tenant.is_empty() {
@@ -80,10 +73,7 @@ impl Tenants {
         let mut tokens = Vec::new();
         for t in config.tenant {
             if t.token.len() < 16 {
-                return Err(err(format!(
-                    "tenant {}: token must be at least 16 characters",
-                    t.name
-                )));
+                return Err(err(format!("tenant {}: token must be at least 16 characters", t.name)));
             }
             tokens.push((t.token, Arc::from(t.name.as_str())));
         }
@@ -97,11 +87,7 @@ impl Tenants {
 
     /// The token written to the scheduler file: the default tenant's, if any.
     pub fn default_token(&self) -> Option<&str> {
-        self.tokens
-            .iter()
-            .find(|(_, t)| &**t == DEFAULT_TENANT)
-            .or(self.tokens.first())
-            .map(|(k, _)| k.as_str())
+        self.tokens.iter().find(|(_, t)| &**t == DEFAULT_TENANT).or(self.tokens.first()).map(|(k, _)| k.as_str())
     }
 
     /// The tenant a token belongs to.
@@ -145,36 +131,20 @@ mod tests {
     #[test]
     fn tokens_map_to_tenants() {
         let t = Tenants::single("secret-token-123456".into());
-        assert_eq!(
-            &*t.authenticate("secret-token-123456").unwrap(),
-            DEFAULT_TENANT
-        );
-        assert!(matches!(
-            t.authenticate("secret-token-123457"),
-            Err(HandshakeError::Unauthorized)
-        ));
-        assert!(matches!(
-            t.authenticate(""),
-            Err(HandshakeError::Unauthorized)
-        ));
-        assert_eq!(
-            &*Tenants::open().authenticate("anything").unwrap(),
-            DEFAULT_TENANT
-        );
+        assert_eq!(&*t.authenticate("secret-token-123456").unwrap(), DEFAULT_TENANT);
+        assert!(matches!(t.authenticate("secret-token-123457"), Err(HandshakeError::Unauthorized)));
+        assert!(matches!(t.authenticate(""), Err(HandshakeError::Unauthorized)));
+        assert_eq!(&*Tenants::open().authenticate("anything").unwrap(), DEFAULT_TENANT);
     }
 
     #[test]
     fn config_file_lists_tenants() {
-        let path =
-            std::env::temp_dir().join(format!("stockade-tenants-{}.toml", std::process::id()));
+        let path = std::env::temp_dir().join(format!("stockade-tenants-{}.toml", std::process::id()));
         std::fs::write(&path, "[[tenant]]\nname = \"alice\"\ntoken = \"aaaaaaaaaaaaaaaaaaaa\"\n[[tenant]]\nname = \"bob\"\ntoken = \"bbbbbbbbbbbbbbbbbbbb\"\n").unwrap();
         let t = Tenants::from_config(&path).unwrap();
         assert_eq!(&*t.authenticate("bbbbbbbbbbbbbbbbbbbb").unwrap(), "bob");
         std::fs::write(&path, "[[tenant]]\nname = \"x\"\ntoken = \"short\"\n").unwrap();
-        assert!(Tenants::from_config(&path)
-            .unwrap_err()
-            .to_string()
-            .contains("at least 16"));
+        assert!(Tenants::from_config(&path).unwrap_err().to_string().contains("at least 16"));
         std::fs::remove_file(&path).unwrap();
     }
 }

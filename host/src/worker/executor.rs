@@ -22,12 +22,8 @@ pub struct BuiltinExecutor;
 impl Executor for BuiltinExecutor {
     fn run(&self, assignment: Assignment) -> OutcomeFuture {
         match assignment.kind {
-            TaskKind::Builtin(Builtin::Noop) => {
-                Box::pin(std::future::ready(Outcome::Ok(Vec::new())))
-            }
-            TaskKind::Builtin(Builtin::Echo) => {
-                Box::pin(std::future::ready(Outcome::Ok(assignment.payload)))
-            }
+            TaskKind::Builtin(Builtin::Noop) => Box::pin(std::future::ready(Outcome::Ok(Vec::new()))),
+            TaskKind::Builtin(Builtin::Echo) => Box::pin(std::future::ready(Outcome::Ok(assignment.payload))),
             TaskKind::Builtin(Builtin::Fail) => Box::pin(std::future::ready(failed(
                 ErrorKind::Failed,
                 String::from_utf8_lossy(&assignment.payload).into_owned(),
@@ -37,9 +33,7 @@ impl Executor for BuiltinExecutor {
                 "this executor does not run Python tasks".into(),
             ))),
             TaskKind::Builtin(Builtin::Sleep) => {
-                let millis = std::str::from_utf8(&assignment.payload)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok());
+                let millis = std::str::from_utf8(&assignment.payload).ok().and_then(|s| s.trim().parse::<u64>().ok());
                 match millis {
                     Some(ms) => Box::pin(async move {
                         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -57,11 +51,7 @@ impl Executor for BuiltinExecutor {
 
 /// An error outcome without detail.
 pub fn failed(kind: ErrorKind, message: String) -> Outcome {
-    Outcome::Err(TaskError {
-        kind,
-        message,
-        detail: Vec::new(),
-    })
+    Outcome::Err(TaskError { kind, message, detail: Vec::new() })
 }
 
 /// Routes each attempt to the executor of its kind.

@@ -59,10 +59,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(u64),
 ) -> Result<(), WorkerError> {
-    let peer = Peer::Worker(WorkerHello {
-        name: options.name.clone(),
-        slots: options.slots,
-    });
+    let peer = Peer::Worker(WorkerHello { name: options.name.clone(), slots: options.slots });
     let connected = dial(&options.target, peer, options.connect_timeout).await?;
     let conn = connected.conn.clone();
     let mut writer = connected.writer;
@@ -114,12 +111,8 @@ pub async fn run(
                     tracing::trace!(?msg, "from scheduler");
                 }
                 let event = match input {
-                    Input::FromScheduler(ToWorker::Run(assignments)) => {
-                        WorkerEvent::Assigned(assignments)
-                    }
-                    Input::FromScheduler(ToWorker::Cancel(attempts)) => {
-                        WorkerEvent::CancelRequested(attempts)
-                    }
+                    Input::FromScheduler(ToWorker::Run(assignments)) => WorkerEvent::Assigned(assignments),
+                    Input::FromScheduler(ToWorker::Cancel(attempts)) => WorkerEvent::CancelRequested(attempts),
                     Input::Completed(result) => {
                         running.remove(&result.attempt);
                         WorkerEvent::Completed(result)
@@ -130,8 +123,7 @@ pub async fn run(
                     }
                 };
                 state.handle(event);
-                let mut pending_actions: std::collections::VecDeque<WorkerAction> =
-                    state.take_actions().into();
+                let mut pending_actions: std::collections::VecDeque<WorkerAction> = state.take_actions().into();
                 while let Some(action) = pending_actions.pop_front() {
                     match action {
                         WorkerAction::Start(assignment) => {
@@ -142,11 +134,7 @@ pub async fn run(
                             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
                             if let std::task::Poll::Ready(outcome) = future.as_mut().poll(&mut cx) {
                                 let run_micros = started.elapsed().as_micros() as u64;
-                                state.handle(WorkerEvent::Completed(AttemptResult {
-                                    attempt,
-                                    outcome,
-                                    run_micros,
-                                }));
+                                state.handle(WorkerEvent::Completed(AttemptResult { attempt, outcome, run_micros }));
                                 pending_actions.extend(state.take_actions());
                                 continue;
                             }
@@ -156,11 +144,7 @@ pub async fn run(
                                 async move {
                                     let outcome = future.await;
                                     let run_micros = started.elapsed().as_micros() as u64;
-                                    let _ = tx.send(Input::Completed(AttemptResult {
-                                        attempt,
-                                        outcome,
-                                        run_micros,
-                                    }));
+                                    let _ = tx.send(Input::Completed(AttemptResult { attempt, outcome, run_micros }));
                                 }
                                 .instrument(span),
                             );

@@ -42,12 +42,7 @@ pub struct WorkerState {
 impl WorkerState {
     /// A worker with `slots` slots.
     pub fn new(slots: u32) -> Self {
-        Self {
-            slots: slots.max(1) as usize,
-            waiting: VecDeque::new(),
-            running: HashSet::new(),
-            actions: Vec::new(),
-        }
+        Self { slots: slots.max(1) as usize, waiting: VecDeque::new(), running: HashSet::new(), actions: Vec::new() }
     }
 
     /// Applies an event.
@@ -59,8 +54,7 @@ impl WorkerState {
                     if self.running.remove(&attempt) {
                         self.actions.push(WorkerAction::Abort(attempt));
                         self.actions.push(WorkerAction::Report(cancelled(attempt)));
-                    } else if let Some(pos) = self.waiting.iter().position(|a| a.attempt == attempt)
-                    {
+                    } else if let Some(pos) = self.waiting.iter().position(|a| a.attempt == attempt) {
                         self.waiting.remove(pos);
                         self.actions.push(WorkerAction::Report(cancelled(attempt)));
                     }
@@ -110,20 +104,11 @@ mod tests {
     use crate::proto::{Builtin, TaskKind};
 
     fn a(attempt: AttemptId) -> Assignment {
-        Assignment {
-            attempt,
-            tenant: "t".into(),
-            kind: TaskKind::Builtin(Builtin::Noop),
-            payload: vec![],
-        }
+        Assignment { attempt, tenant: "t".into(), kind: TaskKind::Builtin(Builtin::Noop), payload: vec![] }
     }
 
     fn done(attempt: AttemptId) -> AttemptResult {
-        AttemptResult {
-            attempt,
-            outcome: Outcome::Ok(vec![]),
-            run_micros: 1,
-        }
+        AttemptResult { attempt, outcome: Outcome::Ok(vec![]), run_micros: 1 }
     }
 
     fn step(s: &mut WorkerState, e: WorkerEvent) -> Vec<WorkerAction> {
@@ -135,15 +120,9 @@ mod tests {
     fn runs_up_to_slots_and_queues_the_rest() {
         let mut s = WorkerState::new(2);
         let acts = step(&mut s, WorkerEvent::Assigned(vec![a(1), a(2), a(3)]));
-        assert_eq!(
-            acts,
-            vec![WorkerAction::Start(a(1)), WorkerAction::Start(a(2))]
-        );
+        assert_eq!(acts, vec![WorkerAction::Start(a(1)), WorkerAction::Start(a(2))]);
         let acts = step(&mut s, WorkerEvent::Completed(done(2)));
-        assert_eq!(
-            acts,
-            vec![WorkerAction::Report(done(2)), WorkerAction::Start(a(3))]
-        );
+        assert_eq!(acts, vec![WorkerAction::Report(done(2)), WorkerAction::Start(a(3))]);
     }
 
     #[test]

@@ -57,10 +57,7 @@ fn spawn(dir: &Path, name: &str, args: &[String]) -> (Proc, serde_json::Value) {
     let mut child = Command::new(bin())
         .args(args)
         .env("STOCKADE_RUNTIME_DIR", dir)
-        .env(
-            "RUST_LOG",
-            std::env::var("STOCKADE_TEST_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .env("RUST_LOG", std::env::var("STOCKADE_TEST_LOG").unwrap_or_else(|_| "info".into()))
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
@@ -75,11 +72,7 @@ fn spawn(dir: &Path, name: &str, args: &[String]) -> (Proc, serde_json::Value) {
             }
         }
     });
-    let proc = Proc {
-        name: name.to_string(),
-        child,
-        log,
-    };
+    let proc = Proc { name: name.to_string(), child, log };
     match rx.recv_timeout(WAIT) {
         Ok(line) => {
             let ready: serde_json::Value = serde_json::from_str(&line).expect("ready line is JSON");
@@ -100,36 +93,19 @@ impl Cluster {
     }
 
     /// As [`Cluster::start`], with extra arguments for every worker.
-    pub fn start_with(
-        workers: usize,
-        slots: u32,
-        scheduler_args: &[&str],
-        worker_args: &[&str],
-    ) -> Self {
+    pub fn start_with(workers: usize, slots: u32, scheduler_args: &[&str], worker_args: &[&str]) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("stockade-it-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         let scheduler_file = dir.join("scheduler.json");
-        let mut args: Vec<String> = vec![
-            "scheduler".into(),
-            "--port".into(),
-            "0".into(),
-            "--scheduler-file".into(),
-        ];
+        let mut args: Vec<String> = vec!["scheduler".into(), "--port".into(), "0".into(), "--scheduler-file".into()];
         args.push(scheduler_file.display().to_string());
         args.extend(scheduler_args.iter().map(|s| s.to_string()));
         let (scheduler, ready) = spawn(&dir, "scheduler", &args);
         let address = ready["address"].as_str().expect("address").to_string();
         let worker_args = worker_args.iter().map(|s| s.to_string()).collect();
-        let mut cluster = Self {
-            dir,
-            scheduler_file,
-            address,
-            scheduler,
-            workers: Vec::new(),
-            worker_args,
-        };
+        let mut cluster = Self { dir, scheduler_file, address, scheduler, workers: Vec::new(), worker_args };
         for _ in 0..workers {
             cluster.add_worker(slots);
         }
@@ -158,26 +134,14 @@ impl Cluster {
     }
 
     pub async fn client(&self) -> Client {
-        let options = ClientOptions {
-            target: self.target(),
-            name: "test".into(),
-            connect_timeout: WAIT,
-        };
+        let options = ClientOptions { target: self.target(), name: "test".into(), connect_timeout: WAIT };
         Client::connect(options).await.expect("client connects")
     }
 
     /// Runs the `stockade` binary against this cluster and returns (status, stdout, stderr).
     pub fn run_cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(bin())
-            .args(args)
-            .env("STOCKADE_RUNTIME_DIR", &self.dir)
-            .output()
-            .expect("run stockade");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        )
+        let out = Command::new(bin()).args(args).env("STOCKADE_RUNTIME_DIR", &self.dir).output().expect("run stockade");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
     }
 
     fn logs(&self) -> String {
@@ -195,11 +159,7 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }
-        for p in self
-            .workers
-            .iter_mut()
-            .chain(std::iter::once(&mut self.scheduler))
-        {
+        for p in self.workers.iter_mut().chain(std::iter::once(&mut self.scheduler)) {
             let _ = p.child.kill();
             let _ = p.child.wait();
         }

@@ -36,10 +36,7 @@ pub struct PythonConfig {
 
 impl Default for PythonConfig {
     fn default() -> Self {
-        Self {
-            python: "python3".into(),
-            max_tasks_per_child: 10_000,
-        }
+        Self { python: "python3".into(), max_tasks_per_child: 10_000 }
     }
 }
 
@@ -57,11 +54,10 @@ pub struct ChildHello {
 /// Errors of a child; all of them end the child.
 #[derive(Debug, thiserror::Error)]
 enum ChildError {
-    #[error("cannot start {python}: {source}; hint: pass --python PATH to an interpreter that has cloudpickle installed")]
-    Spawn {
-        python: String,
-        source: std::io::Error,
-    },
+    #[error(
+        "cannot start {python}: {source}; hint: pass --python PATH to an interpreter that has cloudpickle installed"
+    )]
+    Spawn { python: String, source: std::io::Error },
     #[error("{python} did not start the Stockade child ({detail}); hint: install cloudpickle in that environment (pip install cloudpickle)")]
     Hello { python: String, detail: String },
     #[error("the Python process running the task (pid {pid}) died: {status}")]
@@ -88,37 +84,21 @@ impl PyChild {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| ChildError::Spawn {
-                python: config.python.clone(),
-                source,
-            })?;
-        let hello_err = |detail: String| ChildError::Hello {
-            python: config.python.clone(),
-            detail,
-        };
+            .map_err(|source| ChildError::Spawn { python: config.python.clone(), source })?;
+        let hello_err = |detail: String| ChildError::Hello { python: config.python.clone(), detail };
         let (Some(stdin), Some(mut stdout)) = (process.stdin.take(), process.stdout.take()) else {
             return Err(hello_err("no pipes".into()));
         };
-        let frame = read_frame(&mut stdout, 64 * 1024)
-            .await
-            .map_err(|e| hello_err(e.to_string()))?;
-        let hello: ChildHello =
-            serde_json::from_slice(&frame).map_err(|e| hello_err(format!("bad hello: {e}")))?;
+        let frame = read_frame(&mut stdout, 64 * 1024).await.map_err(|e| hello_err(e.to_string()))?;
+        let hello: ChildHello = serde_json::from_slice(&frame).map_err(|e| hello_err(format!("bad hello: {e}")))?;
         tracing::debug!(pid = hello.pid, python = %hello.python, cloudpickle = %hello.cloudpickle, "python child started");
-        Ok(Self {
-            process,
-            stdin,
-            stdout,
-            hello,
-            tasks: 0,
-        })
+        Ok(Self { process, stdin, stdout, hello, tasks: 0 })
     }
 
     /// Sends one payload and reads the answer.
     async fn call(&mut self, payload: &[u8]) -> Result<Outcome, ChildError> {
         let io = async {
-            let len = u32::try_from(payload.len())
-                .map_err(|_| std::io::Error::other("payload over 4 GiB"))?;
+            let len = u32::try_from(payload.len()).map_err(|_| std::io::Error::other("payload over 4 GiB"))?;
             self.stdin.write_all(&len.to_le_bytes()).await?;
             self.stdin.write_all(payload).await?;
             self.stdin.flush().await?;
@@ -131,10 +111,7 @@ impl PyChild {
         self.tasks += 1;
         let pid = self.hello.pid;
         let Some((&status, body)) = answer.split_first() else {
-            return Err(ChildError::Protocol {
-                pid,
-                detail: "empty answer".into(),
-            });
+            return Err(ChildError::Protocol { pid, detail: "empty answer".into() });
         };
         match status {
             STATUS_OK => Ok(Outcome::Ok(body.to_vec())),
@@ -143,28 +120,17 @@ impl PyChild {
                 message: "the task raised an exception (see detail)".into(),
                 detail: body.to_vec(),
             })),
-            other => Err(ChildError::Protocol {
-                pid,
-                detail: format!("unknown status {other}"),
-            }),
+            other => Err(ChildError::Protocol { pid, detail: format!("unknown status {other}") }),
         }
     }
 
     async fn died(&mut self) -> ChildError {
-        let status = match tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            self.process.wait(),
-        )
-        .await
-        {
+        let status = match tokio::time::timeout(std::time::Duration::from_secs(5), self.process.wait()).await {
             Ok(Ok(status)) => describe(status),
             Ok(Err(e)) => e.to_string(),
             Err(_) => "it stopped answering".into(),
         };
-        ChildError::Died {
-            pid: self.hello.pid,
-            status,
-        }
+        ChildError::Died { pid: self.hello.pid, status }
     }
 }
 
@@ -182,9 +148,7 @@ async fn read_frame(stdout: &mut ChildStdout, max: usize) -> std::io::Result<Vec
     stdout.read_exact(&mut header).await?;
     let len = u32::from_le_bytes(header) as usize;
     if len > max {
-        return Err(std::io::Error::other(format!(
-            "answer of {len} bytes exceeds the limit of {max}"
-        )));
+        return Err(std::io::Error::other(format!("answer of {len} bytes exceeds the limit of {max}")));
     }
     let mut body = vec![0u8; len];
     stdout.read_exact(&mut body).await?;
@@ -201,10 +165,7 @@ pub struct PythonExecutor {
 impl PythonExecutor {
     /// An executor with no children yet; they start on first use.
     pub fn new(config: PythonConfig) -> Self {
-        Self {
-            config: Arc::new(config),
-            idle: Arc::new(Mutex::new(HashMap::new())),
-        }
+        Self { config: Arc::new(config), idle: Arc::new(Mutex::new(HashMap::new())) }
     }
 
     fn take_idle(&self, tenant: &str) -> Option<PyChild> {
@@ -222,10 +183,7 @@ impl PythonExecutor {
 
     /// Number of idle children of a tenant (for tests and status).
     pub fn idle_children(&self, tenant: &str) -> usize {
-        self.idle
-            .lock()
-            .map(|i| i.get(tenant).map_or(0, Vec::len))
-            .unwrap_or(0)
+        self.idle.lock().map(|i| i.get(tenant).map_or(0, Vec::len)).unwrap_or(0)
     }
 }
 

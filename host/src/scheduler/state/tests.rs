@@ -8,19 +8,11 @@ fn t0() -> Instant {
 }
 
 fn spec(id: TaskId) -> TaskSpec {
-    TaskSpec {
-        id,
-        kind: TaskKind::Builtin(Builtin::Noop),
-        payload: id.to_le_bytes().to_vec(),
-    }
+    TaskSpec { id, kind: TaskKind::Builtin(Builtin::Noop), payload: id.to_le_bytes().to_vec() }
 }
 
 fn ok(attempt: AttemptId) -> AttemptResult {
-    AttemptResult {
-        attempt,
-        outcome: Outcome::Ok(vec![1]),
-        run_micros: 100_000,
-    }
+    AttemptResult { attempt, outcome: Outcome::Ok(vec![1]), run_micros: 100_000 }
 }
 
 struct Harness {
@@ -30,17 +22,11 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        Self {
-            s: SchedulerState::new(SchedulerConfig::default()),
-            now: t0(),
-        }
+        Self { s: SchedulerState::new(SchedulerConfig::default()), now: t0() }
     }
 
     fn with(config: SchedulerConfig) -> Self {
-        Self {
-            s: SchedulerState::new(config),
-            now: t0(),
-        }
+        Self { s: SchedulerState::new(config), now: t0() }
     }
 
     fn ev(&mut self, e: Event) -> Vec<Action> {
@@ -50,39 +36,22 @@ impl Harness {
 
     fn client(&mut self, session: SessionId) {
         assert!(self
-            .ev(Event::ClientJoined {
-                session,
-                tenant: "default".into(),
-                name: format!("c{session}")
-            })
+            .ev(Event::ClientJoined { session, tenant: "default".into(), name: format!("c{session}") })
             .is_empty());
     }
 
     fn worker(&mut self, worker: WorkerId, slots: u32) -> Vec<Action> {
         let now = self.now;
-        self.ev(Event::WorkerJoined {
-            worker,
-            name: format!("w{worker}"),
-            address: "127.0.0.1:1".into(),
-            slots,
-            now,
-        })
+        self.ev(Event::WorkerJoined { worker, name: format!("w{worker}"), address: "127.0.0.1:1".into(), slots, now })
     }
 
     fn submit(&mut self, session: SessionId, ids: impl IntoIterator<Item = TaskId>) -> Vec<Action> {
-        self.ev(Event::Submit {
-            session,
-            tasks: ids.into_iter().map(spec).collect(),
-        })
+        self.ev(Event::Submit { session, tasks: ids.into_iter().map(spec).collect() })
     }
 
     fn finish(&mut self, worker: WorkerId, results: Vec<AttemptResult>) -> Vec<Action> {
         let now = self.now;
-        self.ev(Event::Finished {
-            worker,
-            results,
-            now,
-        })
+        self.ev(Event::Finished { worker, results, now })
     }
 }
 
@@ -106,9 +75,7 @@ fn delivered(actions: &[Action]) -> Vec<(SessionId, TaskId, Outcome)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Deliver { session, result } => {
-                Some((*session, result.id, result.outcome.clone()))
-            }
+            Action::Deliver { session, result } => Some((*session, result.id, result.outcome.clone())),
             _ => None,
         })
         .collect()
@@ -129,15 +96,7 @@ fn tasks_wait_for_a_worker_then_fill_its_slots() {
     assert_eq!(h.s.info().tasks.queued, 3);
     let a = h.worker(7, 2);
     assert_eq!(runs(&a), vec![(7, 1, 10), (7, 2, 11)]);
-    assert_eq!(
-        h.s.info().tasks,
-        TaskCounts {
-            queued: 1,
-            running: 2,
-            done: 0,
-            failed: 0
-        }
-    );
+    assert_eq!(h.s.info().tasks, TaskCounts { queued: 1, running: 2, done: 0, failed: 0 });
 }
 
 #[test]
@@ -162,24 +121,9 @@ fn results_are_routed_to_the_submitting_session_and_free_the_slot() {
     let a = h.finish(1, vec![ok(1)]);
     assert_eq!(delivered(&a), vec![(1, 5, Outcome::Ok(vec![1]))]);
     assert_eq!(runs(&a), vec![(1, 2, 5)]);
-    let a = h.finish(
-        1,
-        vec![AttemptResult {
-            attempt: 2,
-            outcome: Outcome::Ok(vec![2]),
-            run_micros: 100_000,
-        }],
-    );
+    let a = h.finish(1, vec![AttemptResult { attempt: 2, outcome: Outcome::Ok(vec![2]), run_micros: 100_000 }]);
     assert_eq!(delivered(&a), vec![(2, 5, Outcome::Ok(vec![2]))]);
-    assert_eq!(
-        h.s.info().tasks,
-        TaskCounts {
-            queued: 0,
-            running: 0,
-            done: 2,
-            failed: 0
-        }
-    );
+    assert_eq!(h.s.info().tasks, TaskCounts { queued: 0, running: 0, done: 2, failed: 0 });
 }
 
 #[test]
@@ -213,22 +157,13 @@ fn cancel_of_queued_and_running_tasks() {
     h.worker(1, 1);
     h.client(1);
     h.submit(1, [1, 2, 3]);
-    let a = h.ev(Event::Cancel {
-        session: 1,
-        ids: vec![1, 2, 99],
-    });
+    let a = h.ev(Event::Cancel { session: 1, ids: vec![1, 2, 99] });
     // Running task 1 is cancelled on its worker; both get a Cancelled result.
-    assert!(a.contains(&Action::CancelAttempt {
-        worker: 1,
-        attempt: 1
-    }));
+    assert!(a.contains(&Action::CancelAttempt { worker: 1, attempt: 1 }));
     let d = delivered(&a);
     assert_eq!(
         d.iter().map(|x| (x.1, err_kind(&x.2))).collect::<Vec<_>>(),
-        vec![
-            (1, Some(ErrorKind::Cancelled)),
-            (2, Some(ErrorKind::Cancelled))
-        ]
+        vec![(1, Some(ErrorKind::Cancelled)), (2, Some(ErrorKind::Cancelled))]
     );
     // The slot is still taken until the worker reports the cancelled attempt.
     assert!(runs(&a).is_empty());
@@ -236,11 +171,7 @@ fn cancel_of_queued_and_running_tasks() {
         1,
         vec![AttemptResult {
             attempt: 1,
-            outcome: Outcome::Err(TaskError {
-                kind: ErrorKind::Cancelled,
-                message: String::new(),
-                detail: vec![],
-            }),
+            outcome: Outcome::Err(TaskError { kind: ErrorKind::Cancelled, message: String::new(), detail: vec![] }),
             run_micros: 5,
         }],
     );
@@ -258,17 +189,9 @@ fn cancel_all_ends_every_unfinished_task_once() {
     let mut ids: Vec<u64> = delivered(&a).iter().map(|d| d.1).collect();
     ids.sort();
     assert_eq!(ids, vec![0, 1, 2, 3, 4]);
-    assert_eq!(
-        a.iter()
-            .filter(|x| matches!(x, Action::CancelAttempt { .. }))
-            .count(),
-        2
-    );
+    assert_eq!(a.iter().filter(|x| matches!(x, Action::CancelAttempt { .. })).count(), 2);
     let info = h.s.info();
-    assert_eq!(
-        (info.tasks.queued, info.tasks.running, info.tasks.failed),
-        (0, 0, 5)
-    );
+    assert_eq!((info.tasks.queued, info.tasks.running, info.tasks.failed), (0, 0, 5));
     assert_eq!(info.sessions[0].pending, 0);
 }
 
@@ -285,18 +208,12 @@ fn a_lost_worker_has_its_attempts_requeued_with_new_attempt_ids() {
     // The lost worker's late result for attempt 1 is dropped: task 10 ends once.
     assert!(h.finish(1, vec![ok(1)]).is_empty());
     let a = h.finish(2, vec![ok(3), ok(4)]);
-    assert_eq!(
-        delivered(&a).iter().map(|d| d.1).collect::<Vec<_>>(),
-        vec![10, 11]
-    );
+    assert_eq!(delivered(&a).iter().map(|d| d.1).collect::<Vec<_>>(), vec![10, 11]);
 }
 
 #[test]
 fn allowed_failures_limits_requeues() {
-    let mut h = Harness::with(SchedulerConfig {
-        allowed_failures: 2,
-        ..Default::default()
-    });
+    let mut h = Harness::with(SchedulerConfig { allowed_failures: 2, ..Default::default() });
     h.client(1);
     h.submit(1, [42]);
     h.worker(1, 1);
@@ -319,10 +236,7 @@ fn allowed_failures_limits_requeues() {
 
 #[test]
 fn worker_reported_lost_attempt_counts_as_a_lost_worker() {
-    let mut h = Harness::with(SchedulerConfig {
-        allowed_failures: 1,
-        ..Default::default()
-    });
+    let mut h = Harness::with(SchedulerConfig { allowed_failures: 1, ..Default::default() });
     h.worker(1, 1);
     h.client(1);
     h.submit(1, [1]);
@@ -351,14 +265,9 @@ fn silent_worker_is_dropped_and_its_stale_results_ignored() {
     h.submit(1, [5]);
     let later = h.now + Duration::from_secs(11);
     h.worker(2, 1); // joined at t0 too, but it will heartbeat
-    h.ev(Event::Heartbeat {
-        worker: 2,
-        now: later,
-    });
+    h.ev(Event::Heartbeat { worker: 2, now: later });
     let a = h.ev(Event::Tick { now: later });
-    assert!(a
-        .iter()
-        .any(|x| matches!(x, Action::DropWorker { worker: 1, .. })));
+    assert!(a.iter().any(|x| matches!(x, Action::DropWorker { worker: 1, .. })));
     assert_eq!(runs(&a), vec![(2, 2, 5)]);
     // Worker 1 comes back with the old attempt: dropped.
     assert!(h.finish(1, vec![ok(1)]).is_empty());
@@ -377,10 +286,7 @@ fn a_disconnecting_client_has_its_tasks_cancelled_without_delivery() {
     h.submit(2, [7]);
     let a = h.ev(Event::ClientLeft { session: 1 });
     assert!(delivered(&a).is_empty());
-    assert!(a.contains(&Action::CancelAttempt {
-        worker: 1,
-        attempt: 1
-    }));
+    assert!(a.contains(&Action::CancelAttempt { worker: 1, attempt: 1 }));
     // The cancelled attempt's report frees the slot for session 2's task.
     let a = h.finish(1, vec![ok(1)]);
     assert!(delivered(&a).is_empty());
@@ -396,14 +302,13 @@ fn short_tasks_get_a_prefetch_window_long_tasks_do_not() {
     h.worker(1, 1);
     h.client(1);
     h.submit(1, 0..1000);
-    let fast = AttemptResult {
-        attempt: 1,
-        outcome: Outcome::Ok(vec![]),
-        run_micros: 10,
-    };
+    let fast = AttemptResult { attempt: 1, outcome: Outcome::Ok(vec![]), run_micros: 10 };
     let a = h.finish(1, vec![fast]);
-    // 2 ms target / 10 µs = 200, capped at 64 per slot, plus the slot itself.
-    assert_eq!(runs(&a).len(), 65);
+    // The window holds about `prefetch_target` of work per slot (capped), plus the slot.
+    let config = SchedulerConfig::default();
+    let window = (config.prefetch_target.as_micros() as u32 / 10).min(config.max_prefetch_per_slot);
+    assert!(window > 1);
+    assert_eq!(runs(&a).len(), 1 + window as usize);
 
     let mut h = Harness::new();
     h.worker(1, 1);
