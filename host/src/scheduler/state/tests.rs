@@ -301,7 +301,7 @@ fn short_tasks_get_a_prefetch_window_long_tasks_do_not() {
     let mut h = Harness::new();
     h.worker(1, 1);
     h.client(1);
-    h.submit(1, 0..1000);
+    h.submit(1, 0..5000);
     let fast = AttemptResult { attempt: 1, outcome: Outcome::Ok(vec![]), run_micros: 10 };
     let a = h.finish(1, vec![fast]);
     // The window holds about `prefetch_target` of work per slot (capped), plus the slot.
