@@ -1,0 +1,125 @@
+"""The joblib backend ``"stockade"``, built on joblib's public backend API."""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import time
+
+import cloudpickle
+from joblib import register_parallel_backend
+from joblib.parallel import AutoBatchingMixin, ParallelBackendBase
+
+from ._client import Client
+from ._cluster import LocalCluster
+from ._errors import StockadeError
+
+_default_lock = threading.Lock()
+_default: tuple[LocalCluster, Client] | None = None
+
+
+def _default_client() -> Client:
+    """The process's embedded cluster, started on first use and stopped at exit."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            cluster = LocalCluster()
+            client = Client(scheduler_file=cluster.scheduler_file, name="joblib-embedded")
+            _default = (cluster, client)
+            atexit.register(_close_default)
+        return _default[1]
+
+
+def _close_default() -> None:
+    global _default
+    with _default_lock:
+        if _default is not None:
+            cluster, client = _default
+            _default = None
+            client.close()
+            cluster.close()
+
+
+class StockadeBackend(AutoBatchingMixin, ParallelBackendBase):
+    """Runs joblib batches on a Stockade cluster.
+
+    Keywords as in joblib's dask backend where they mean the same: ``scheduler_host``,
+    ``scatter``, ``client``, ``wait_for_workers_timeout``; plus ``scheduler_file`` and
+    ``token``. With none of ``scheduler_host``, ``scheduler_file`` or ``client``, an
+    embedded local cluster is started once per process.
+    """
+
+    default_n_jobs = -1
+    supports_retrieve_callback = True
+    supports_inner_max_num_threads = True
+    supports_sharedmem = False
+
+    def __init__(self, scheduler_host=None, scheduler_file=None, client=None, token=None, scatter=None,
+                 wait_for_workers_timeout=10.0, nesting_level=None, inner_max_num_threads=None, **kwargs):
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads, **kwargs)
+        if client is None:
+            if scheduler_host is not None or scheduler_file is not None:
+                client = Client(scheduler_host, scheduler_file=scheduler_file, token=token, name="joblib")
+            else:
+                client = _default_client()
+        self.client = client
+        # Until scatter lands, scattered objects simply travel inside each batch.
+        self.scatter = list(scatter) if scatter is not None else []
+        self.wait_for_workers_timeout = wait_for_workers_timeout
+        self._outstanding: set = set()
+        self._outstanding_lock = threading.Lock()
+
+    def effective_n_jobs(self, n_jobs):
+        slots = self._wait_for_slots()
+        if n_jobs is None or n_jobs == -1:
+            return slots
+        if n_jobs < 0:
+            return max(slots + 1 + n_jobs, 1)
+        return n_jobs
+
+    def _wait_for_slots(self) -> int:
+        deadline = time.monotonic() + self.wait_for_workers_timeout
+        while True:
+            slots = self.client.total_slots()
+            if slots > 0:
+                return slots
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"no Stockade worker joined within wait_for_workers_timeout="
+                    f"{self.wait_for_workers_timeout}s; start workers (stockade worker ...) or raise the setting"
+                )
+            time.sleep(0.05)
+
+    def configure(self, n_jobs=1, parallel=None, **backend_kwargs):
+        self.parallel = parallel
+        return self.effective_n_jobs(n_jobs)
+
+    def submit(self, func, callback=None):
+        future = self.client.submit_pickled([cloudpickle.dumps(func)])[0]
+        with self._outstanding_lock:
+            self._outstanding.add(future)
+        future.add_done_callback(self._forget)
+        if callback is not None:
+            future.add_done_callback(callback)
+        return future
+
+    def _forget(self, future) -> None:
+        with self._outstanding_lock:
+            self._outstanding.discard(future)
+
+    def retrieve_result_callback(self, out):
+        return out.result()
+
+    def abort_everything(self, ensure_ready=True):
+        """Cancels this backend's queued and running tasks on the cluster."""
+        with self._outstanding_lock:
+            pending = list(self._outstanding)
+        self.client.cancel(pending)
+
+    def __reduce__(self):
+        raise StockadeError("the stockade backend cannot be pickled into a task")
+
+
+def register() -> None:
+    """Registers the ``"stockade"`` joblib backend (done by ``import stockade``)."""
+    register_parallel_backend("stockade", StockadeBackend)

@@ -1,0 +1,148 @@
+"""The Python client: ``concurrent.futures.Future`` per task over the native client."""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable, Iterable
+
+import cloudpickle
+
+from . import _native
+from ._errors import RemoteTraceback, StockadeError, error_for
+
+_DONE, _RAISED = 0, 1
+
+
+def _rebuild_exception(data: bytes) -> BaseException:
+    """Turns a child's error payload back into the task's exception."""
+    try:
+        exc, name, message, tb = cloudpickle.loads(data)
+    except Exception as e:  # the exception's class is not importable here
+        return StockadeError(f"the task raised an exception that cannot be unpickled here: {e}")
+    if exc is None:
+        exc = StockadeError(f"{name}: {message} (the exception itself could not be pickled)")
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+class Client:
+    """A connection to a Stockade scheduler.
+
+    ``Client("HOST:PORT")`` works on the scheduler's machine; elsewhere pass
+    ``scheduler_file=`` (or ``token=``). Futures are ``concurrent.futures.Future``.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        scheduler_file: str | None = None,
+        token: str | None = None,
+        timeout: float = 10.0,
+        name: str = "python",
+    ):
+        self._native = _native.Client(address, scheduler_file, token, name, timeout)
+        self._futures: dict[int, Future] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._dispatcher = threading.Thread(target=self._dispatch, name="stockade-results", daemon=True)
+        self._dispatcher.start()
+
+    # -- submission --------------------------------------------------------------
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        """Runs ``fn(*args, **kwargs)`` on the cluster."""
+        call = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
+        return self.submit_pickled([cloudpickle.dumps(call)])[0]
+
+    def map(self, fn: Callable, *iterables: Iterable) -> list[Future]:
+        """Submits ``fn`` over the zipped iterables in one batch; futures in order."""
+        payloads = [cloudpickle.dumps(functools.partial(fn, *args)) for args in zip(*iterables)]
+        return self.submit_pickled(payloads)
+
+    def submit_pickled(self, payloads: list[bytes]) -> list[Future]:
+        """Submits already pickled zero-argument callables."""
+        if self._closed.is_set():
+            raise StockadeError("the client is closed")
+        futures = [Future() for _ in payloads]
+        for f in futures:
+            f.set_running_or_notify_cancel()
+        # Hold the lock so that no completion arrives before its future is known.
+        with self._lock:
+            ids = self._native.submit_many(payloads)
+            for task_id, f in zip(ids, futures):
+                f.stockade_id = task_id
+                self._futures[task_id] = f
+        return futures
+
+    def cancel(self, futures: Iterable[Future]) -> None:
+        """Cancels tasks on the cluster; their futures fail with ``TaskCancelled``."""
+        ids = [f.stockade_id for f in futures if hasattr(f, "stockade_id") and not f.done()]
+        if ids:
+            self._native.cancel(ids)
+
+    # -- results -----------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while not self._closed.is_set() or self._futures:
+            for task_id, status, kind, message, data in self._native.wait_completions(0.2):
+                with self._lock:
+                    future = self._futures.pop(task_id, None)
+                if future is None or future.done():
+                    continue
+                if status == _DONE:
+                    try:
+                        value = cloudpickle.loads(data)
+                    except Exception as e:
+                        future.set_exception(StockadeError(f"cannot unpickle the task's result here: {e!r}"))
+                    else:
+                        future.set_result(value)
+                elif status == _RAISED:
+                    future.set_exception(_rebuild_exception(data))
+                else:
+                    future.set_exception(error_for(kind, message))
+            if self._closed.is_set() and self._native.pending() == 0:
+                break
+
+    # -- information and life cycle -----------------------------------------------
+
+    def scheduler_info(self, timeout: float = 10.0) -> dict:
+        """Workers, slots and task counts, as ``stockade status --json`` prints them."""
+        return json.loads(self._native.scheduler_info(timeout))
+
+    def total_slots(self, timeout: float = 10.0) -> int:
+        """Slots of all connected workers."""
+        return sum(w["slots"] for w in self.scheduler_info(timeout)["workers"])
+
+    @property
+    def tenant(self) -> str:
+        return self._native.tenant
+
+    def close(self) -> None:
+        """Closes the connection; unfinished tasks are cancelled on the cluster."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._native.close()
+        self._dispatcher.join(timeout=5)
+        with self._lock:
+            leftover = list(self._futures.values())
+            self._futures.clear()
+        for f in leftover:
+            if not f.done():
+                f.set_exception(error_for("Closed", "the client was closed before the task finished"))
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,145 @@
+"""``LocalCluster``: a scheduler and workers on loopback, started from the package."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+
+from ._errors import StockadeError
+
+
+class _Process:
+    """One cluster process, its log, and its JSON ready line."""
+
+    def __init__(self, name: str, args: list[str], env: dict, log_dir: str):
+        self.name = name
+        self.log_path = os.path.join(log_dir, f"{name}.log")
+        self._log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "stockade", *args],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=os.getcwd(),
+        )
+        self._lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.popen.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def ready(self, timeout: float) -> dict:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            line = None
+        if not line:
+            raise StockadeError(f"{self.name} did not start within {timeout}s; its log:\n{self.log()}")
+        return json.loads(line)
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+
+
+class LocalCluster:
+    """A scheduler and ``n_workers`` workers of ``slots_per_worker`` slots on 127.0.0.1.
+
+    Workers run Python tasks with this interpreter, in this working directory, with this
+    ``sys.path``, so functions defined in the caller's modules are found. Everything is
+    stopped by ``close()``, at the end of a ``with`` block, or at interpreter exit.
+    """
+
+    def __init__(self, n_workers: int | None = None, slots_per_worker: int = 1, *, timeout: float = 30.0,
+                 scheduler_args: tuple[str, ...] = ()):
+        self.n_workers = n_workers if n_workers is not None else (os.cpu_count() or 1)
+        self.slots_per_worker = slots_per_worker
+        self._dir = tempfile.mkdtemp(prefix="stockade-cluster-")
+        self.scheduler_file = os.path.join(self._dir, "scheduler.json")
+        self._env = dict(os.environ)
+        self._env["STOCKADE_RUNTIME_DIR"] = self._dir
+        paths = [p for p in sys.path if p] + [os.getcwd()]
+        self._env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        self._timeout = timeout
+        self.workers: list[_Process] = []
+        self._closed = False
+        atexit.register(self.close)
+        try:
+            self.scheduler = _Process(
+                "scheduler",
+                ["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file", self.scheduler_file,
+                 *scheduler_args],
+                self._env,
+                self._dir,
+            )
+            self.address = self.scheduler.ready(timeout)["address"]
+            for _ in range(self.n_workers):
+                self._start_worker()
+            for w in self.workers:
+                w.ready(timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_worker(self) -> _Process:
+        name = f"worker{len(self.workers) + 1}"
+        args = ["worker", "--scheduler-file", self.scheduler_file, "--slots", str(self.slots_per_worker),
+                "--name", name, "--python", sys.executable]
+        w = _Process(name, args, self._env, self._dir)
+        self.workers.append(w)
+        return w
+
+    def add_worker(self) -> _Process:
+        """Starts one more worker and waits until it is registered."""
+        w = self._start_worker()
+        w.ready(self._timeout)
+        return w
+
+    def logs(self) -> str:
+        """Every process's log, for diagnosing a failure."""
+        parts = [f"----- {p.name} (pid {p.pid}) -----\n{p.log()}" for p in [self.scheduler, *self.workers]]
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for p in [*self.workers, *([self.scheduler] if hasattr(self, "scheduler") else [])]:
+            p.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"LocalCluster({self.address!r}, workers={len(self.workers)}, slots_per_worker={self.slots_per_worker})"

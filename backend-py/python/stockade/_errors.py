@@ -1,0 +1,48 @@
+"""Exceptions a task's caller can see besides the task's own."""
+
+
+class StockadeError(Exception):
+    """Base class of Stockade's own errors."""
+
+
+class WorkerLost(StockadeError):
+    """The processes running a task died ``allowed_failures`` times (a crash, kill -9,
+    or a task that ended its own process)."""
+
+
+class TaskCancelled(StockadeError):
+    """The task was cancelled before it finished."""
+
+
+class TaskRejected(StockadeError):
+    """The scheduler or worker cannot run the task as submitted."""
+
+
+class ConnectionLost(StockadeError):
+    """The connection to the scheduler ended before the task finished."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the traceback text of an exception raised on a worker; it is attached as
+    the ``__cause__`` of the re-raised exception, as ``concurrent.futures`` does."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+_BY_KIND = {
+    "WorkerLost": WorkerLost,
+    "Cancelled": TaskCancelled,
+    "Rejected": TaskRejected,
+    "ConnectionLost": ConnectionLost,
+    "Closed": ConnectionLost,
+}
+
+
+def error_for(kind: str, message: str) -> StockadeError:
+    """The exception for a non-task failure of the given kind."""
+    return _BY_KIND.get(kind, StockadeError)(message)

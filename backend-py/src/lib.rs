@@ -1,0 +1,224 @@
+//! `stockade._native`: the Rust client exposed to Python.
+//!
+//! One tokio runtime per process runs the QUIC connection; Python threads never run on
+//! it, and every blocking call releases the GIL (`Python::detach`). Completions are not
+//! delivered by calling into Python from the runtime: they queue here, and the Python
+//! package's dispatcher thread collects them with [`NativeClient::wait_completions`].
+//! So the runtime never waits for the GIL.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyTimeoutError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use stockade::client::{Client, ClientError, ClientOptions, Completion};
+use stockade::net::Target;
+use stockade::proto::{ErrorKind, Outcome, TaskKind};
+
+/// Completion status: the task returned (data is the pickled result).
+const DONE: u8 = 0;
+/// Completion status: the task raised (data is the pickled error tuple).
+const RAISED: u8 = 1;
+/// Completion status: no result for another reason (kind and message say why).
+const ERROR: u8 = 2;
+
+fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("stockade-io")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start the Stockade I/O runtime: {e}")))
+}
+
+/// One finished task, waiting for the dispatcher thread.
+struct Completed {
+    id: u64,
+    status: u8,
+    kind: &'static str,
+    message: String,
+    data: Vec<u8>,
+}
+
+#[derive(Default)]
+struct CompletionQueue {
+    items: Mutex<VecDeque<Completed>>,
+    ready: Condvar,
+}
+
+impl CompletionQueue {
+    fn push(&self, item: Completed) {
+        if let Ok(mut items) = self.items.lock() {
+            items.push_back(item);
+            self.ready.notify_one();
+        }
+    }
+}
+
+fn kind_name(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Failed => "Failed",
+        ErrorKind::WorkerLost => "WorkerLost",
+        ErrorKind::Cancelled => "Cancelled",
+        ErrorKind::Timeout => "Timeout",
+        ErrorKind::DataLost => "DataLost",
+        ErrorKind::QuotaExceeded => "QuotaExceeded",
+        ErrorKind::Rejected => "Rejected",
+    }
+}
+
+fn completed(id: u64, result: Result<Outcome, ClientError>) -> Completed {
+    match result {
+        Ok(Outcome::Ok(data)) => Completed { id, status: DONE, kind: "", message: String::new(), data },
+        Ok(Outcome::Err(e)) if e.kind == ErrorKind::Failed => {
+            Completed { id, status: RAISED, kind: "Failed", message: e.message, data: e.detail }
+        }
+        Ok(Outcome::Err(e)) => {
+            Completed { id, status: ERROR, kind: kind_name(e.kind), message: e.message, data: e.detail }
+        }
+        Err(ClientError::Closed) => {
+            Completed { id, status: ERROR, kind: "Closed", message: "the client is closed".into(), data: Vec::new() }
+        }
+        Err(e) => Completed { id, status: ERROR, kind: "ConnectionLost", message: e.to_string(), data: Vec::new() },
+    }
+}
+
+/// A connection to a scheduler. Methods are thread-safe.
+#[pyclass(frozen, module = "stockade._native", name = "Client")]
+struct NativeClient {
+    client: Client,
+    queue: Arc<CompletionQueue>,
+}
+
+#[pymethods]
+impl NativeClient {
+    /// Connects to a scheduler given by address and/or scheduler file.
+    #[new]
+    #[pyo3(signature = (address=None, scheduler_file=None, token=None, name="python".to_string(), timeout=10.0))]
+    fn new(
+        py: Python<'_>,
+        address: Option<String>,
+        scheduler_file: Option<PathBuf>,
+        token: Option<String>,
+        name: String,
+        timeout: f64,
+    ) -> PyResult<Self> {
+        let rt = runtime()?;
+        let target = Target::resolve(address.as_deref(), scheduler_file.as_deref(), token, None)
+            .map_err(|e| PyConnectionError::new_err(e.to_string()))?;
+        let options = ClientOptions { target, name, connect_timeout: Duration::from_secs_f64(timeout.max(0.01)) };
+        let client = py
+            .detach(|| rt.block_on(Client::connect(options)))
+            .map_err(|e| PyConnectionError::new_err(e.to_string()))?;
+        Ok(Self { client, queue: Arc::new(CompletionQueue::default()) })
+    }
+
+    /// Submits pickled zero-argument callables; returns their task ids in order.
+    fn submit_many(&self, py: Python<'_>, payloads: Vec<Vec<u8>>) -> PyResult<Vec<u64>> {
+        let queue = self.queue.clone();
+        py.detach(|| {
+            let tasks: Vec<(TaskKind, Vec<u8>, Completion)> = payloads
+                .into_iter()
+                .map(|payload| {
+                    let queue = queue.clone();
+                    let completion: Completion = Box::new(move |id, result| queue.push(completed(id, result)));
+                    (TaskKind::Python, payload, completion)
+                })
+                .collect();
+            self.client.submit_with(tasks)
+        })
+        .map_err(|e| PyConnectionError::new_err(e.to_string()))
+    }
+
+    /// Waits up to `timeout` seconds for finished tasks and returns all there are, as
+    /// `(id, status, kind, message, data)` tuples; status 0 = returned, 1 = raised,
+    /// 2 = other error.
+    fn wait_completions<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: f64,
+    ) -> PyResult<Vec<(u64, u8, &'static str, String, Bound<'py, PyBytes>)>> {
+        let drained: Vec<Completed> = py.detach(|| {
+            let Ok(mut items) = self.queue.items.lock() else { return Vec::new() };
+            if items.is_empty() {
+                let wait = Duration::from_secs_f64(timeout.max(0.0));
+                items = match self.queue.ready.wait_timeout(items, wait) {
+                    Ok((guard, _)) => guard,
+                    Err(_) => return Vec::new(),
+                };
+            }
+            items.drain(..).collect()
+        });
+        Ok(drained.into_iter().map(|c| (c.id, c.status, c.kind, c.message, PyBytes::new(py, &c.data))).collect())
+    }
+
+    /// Cancels tasks by id; each completes with kind "Cancelled" unless already done.
+    fn cancel(&self, ids: Vec<u64>) -> PyResult<()> {
+        self.client.cancel(ids).map_err(|e| PyConnectionError::new_err(e.to_string()))
+    }
+
+    /// Cancels every unfinished task of this client.
+    fn cancel_all(&self) -> PyResult<()> {
+        self.client.cancel_all().map_err(|e| PyConnectionError::new_err(e.to_string()))
+    }
+
+    /// Tasks submitted and not yet completed.
+    fn pending(&self) -> usize {
+        self.client.pending()
+    }
+
+    /// The scheduler's view as a JSON string (workers, tasks, sessions).
+    fn scheduler_info(&self, py: Python<'_>, timeout: f64) -> PyResult<String> {
+        let rt = runtime()?;
+        let info = py
+            .detach(|| rt.block_on(self.client.scheduler_info(Duration::from_secs_f64(timeout.max(0.01)))))
+            .map_err(|e| match e {
+                ClientError::Timeout(_) => PyTimeoutError::new_err(e.to_string()),
+                other => PyConnectionError::new_err(other.to_string()),
+            })?;
+        serde_json::to_string(&info).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+    }
+
+    /// The tenant this client's token belongs to.
+    #[getter]
+    fn tenant(&self) -> String {
+        self.client.tenant().to_string()
+    }
+
+    /// Closes the connection; unfinished tasks complete with kind "Closed".
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let rt = runtime()?;
+        py.detach(|| rt.block_on(self.client.close()));
+        Ok(())
+    }
+}
+
+/// Runs the `stockade` command line with `argv` (program name first); returns the exit
+/// status. This is the Python package's console entry point.
+#[pyfunction]
+fn cli_main(py: Python<'_>, argv: Vec<String>) -> i32 {
+    let code = py.detach(|| stockade::cli::run(argv));
+    if code == std::process::ExitCode::SUCCESS {
+        0
+    } else {
+        1
+    }
+}
+
+/// The native part of the `stockade` package.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<NativeClient>()?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    Ok(())
+}
