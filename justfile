@@ -10,15 +10,22 @@ _default:
 build:
     cargo build --bins
 
-# Start a local scheduler and two workers, run built-in tasks and print throughput.
+# The example search on an embedded local cluster, next to loky; then raw scheduler speed.
 [group('run')]
-demo: build
+demo: build python
+    .venv/bin/python examples/sklearn_search.py
     scripts/with-cluster.sh 2 1 bash -c 'target/debug/stockade status && target/debug/stockade bench --tasks 100000 --latency-tasks 2000'
 
-# Every test: unit, state machine, and integration tests on real processes.
+# Every test: unit, state machine, integration tests on real processes, Python suites.
 [group('check')]
-test: build venv
+test: build python
     STOCKADE_TEST_PYTHON="$PWD/.venv/bin/python" cargo test
+    .venv/bin/python -m pytest tests/python -q
+
+# Build the Python package (pyo3, maturin) into .venv, sharing cargo's target directory.
+[group('build')]
+python: venv
+    cd backend-py && VIRTUAL_ENV="$PWD/../.venv" PATH="$PWD/../.venv/bin:$PATH" maturin develop --quiet
 
 # The Python environment in .venv (created once, refreshed when requirements change).
 [group('build')]
