@@ -41,6 +41,9 @@ fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
         .map_err(|e| PyRuntimeError::new_err(format!("cannot start the Stockade I/O runtime: {e}")))
 }
 
+/// `(id, status, kind, message, data)` as the dispatcher thread receives it.
+type CompletionTuple<'py> = (u64, u8, &'static str, String, Bound<'py, PyBytes>);
+
 /// One finished task, waiting for the dispatcher thread.
 struct Completed {
     id: u64,
@@ -143,11 +146,7 @@ impl NativeClient {
     /// Waits up to `timeout` seconds for finished tasks and returns all there are, as
     /// `(id, status, kind, message, data)` tuples; status 0 = returned, 1 = raised,
     /// 2 = other error.
-    fn wait_completions<'py>(
-        &self,
-        py: Python<'py>,
-        timeout: f64,
-    ) -> PyResult<Vec<(u64, u8, &'static str, String, Bound<'py, PyBytes>)>> {
+    fn wait_completions<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Vec<CompletionTuple<'py>>> {
         let drained: Vec<Completed> = py.detach(|| {
             let Ok(mut items) = self.queue.items.lock() else { return Vec::new() };
             if items.is_empty() {
