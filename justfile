@@ -21,6 +21,7 @@ demo: build python
 test: build python
     STOCKADE_TEST_PYTHON="$PWD/.venv/bin/python" cargo test
     .venv/bin/python -m pytest tests/python -q
+    SMOKE=1 .venv/bin/python bench/python_overhead.py
 
 # Build the Python package (pyo3, maturin) into .venv, sharing cargo's target directory.
 [group('build')]
@@ -39,10 +40,12 @@ venv:
         touch "$stamp"
     fi
 
-# Benchmarks (side by side where peers exist); not part of `test`.
+# Benchmarks, side by side with loky, dask.distributed and Ray; not part of `test`.
 [group('check')]
-bench: build
-    scripts/with-cluster.sh 2 1 python3 bench/zero_work.py
+bench: build python
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+    scripts/with-cluster.sh 2 1 .venv/bin/python bench/zero_work.py
+    .venv/bin/python bench/python_overhead.py
 
 # What CI runs, plus formatting and clippy.
 [group('check')]
