@@ -120,3 +120,34 @@ async fn a_missing_interpreter_is_a_clear_error() {
     }
     client.close().await;
 }
+
+#[tokio::test]
+async fn a_client_with_other_python_or_cloudpickle_versions_is_refused() {
+    let py = python();
+    let cluster = Cluster::start_with(1, 1, &[], &["--python", &py]);
+    let client = cluster.client().await;
+    let mut payload = b"stockade:python=2.7;cloudpickle=0.1.0\n".to_vec();
+    payload.extend(pickle(&py, "lambda: 1"));
+    match run(&client, payload).await {
+        Outcome::Err(e) => {
+            assert_eq!(e.kind, ErrorKind::Rejected);
+            assert!(
+                e.message.contains("version mismatch: the client has python=2.7;cloudpickle=0.1.0"),
+                "{}",
+                e.message
+            );
+            assert!(e.message.contains("hint:"), "{}", e.message);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The matching header is accepted.
+    let ours = Command::new(&py)
+        .args(["-c", "import sys, cloudpickle; print(f'python={sys.version_info[0]}.{sys.version_info[1]};cloudpickle={cloudpickle.__version__}')"])
+        .output()
+        .expect("python");
+    let mut payload = format!("stockade:{}\n", String::from_utf8_lossy(&ours.stdout).trim()).into_bytes();
+    payload.extend(pickle(&py, "lambda: 5"));
+    let Outcome::Ok(bytes) = run(&client, payload).await else { panic!("matching versions must run") };
+    assert_eq!(inspect(&py, &bytes, "x"), "5");
+    client.close().await;
+}

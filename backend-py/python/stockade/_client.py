@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 import threading
 from concurrent.futures import Future
 from typing import Any, Callable, Iterable
@@ -14,6 +15,12 @@ from . import _native
 from ._errors import RemoteTraceback, StockadeError, error_for
 
 _DONE, _RAISED = 0, 1
+
+# Workers refuse a task whose pickles come from another Python minor version or
+# cloudpickle version (see child.py), with a message naming both.
+_VERSION_HEADER = (
+    f"stockade:python={sys.version_info[0]}.{sys.version_info[1]};cloudpickle={cloudpickle.__version__}\n".encode()
+)
 
 
 def _rebuild_exception(data: bytes) -> BaseException:
@@ -72,7 +79,7 @@ class Client:
             f.set_running_or_notify_cancel()
         # Hold the lock so that no completion arrives before its future is known.
         with self._lock:
-            ids = self._native.submit_many(payloads)
+            ids = self._native.submit_many([_VERSION_HEADER + p for p in payloads])
             for task_id, f in zip(ids, futures):
                 f.stockade_id = task_id
                 self._futures[task_id] = f

@@ -6,10 +6,13 @@ worker's log), never into the protocol.
 
 Frames are a little-endian u32 length and that many bytes.
 - First, the child sends a JSON hello: python and cloudpickle versions, pid.
-- Each request is one frame: a cloudpickle of a zero-argument callable.
+- Each request is one frame: an optional version header line
+  `stockade:python=MAJOR.MINOR;cloudpickle=VERSION\n` written by the client, then a
+  cloudpickle of a zero-argument callable.
 - Each answer is one frame: a status byte, then
     0: cloudpickle of the result,
-    1: pickle of (exception or None, type name, message, remote traceback text).
+    1: pickle of (exception or None, type name, message, remote traceback text),
+    2: UTF-8 text: the request was refused (versions differ), nothing ran.
 """
 
 import io
@@ -21,7 +24,8 @@ import traceback
 
 import cloudpickle
 
-OK, RAISED = 0, 1
+OK, RAISED, REFUSED = 0, 1, 2
+HEADER = b"stockade:"
 
 
 def _read_exact(stream, n):
@@ -51,6 +55,23 @@ def _error_payload(exc):
         return cloudpickle.dumps((None, name, message, tb))
 
 
+def _check_header(payload, ours):
+    """Splits off the client's version header; returns (pickle bytes, refusal or None)."""
+    if not payload.startswith(HEADER):
+        return payload, None
+    end = payload.find(b"\n")
+    if end < 0:
+        return payload, "malformed version header"
+    theirs = payload[len(HEADER):end].decode("utf-8", "replace")
+    if theirs != ours:
+        return None, (
+            f"version mismatch: the client has {theirs}, this worker's Python has {ours}; "
+            "hint: run workers with --python pointing to an environment with the client's "
+            "Python minor version and cloudpickle version"
+        )
+    return payload[end + 1:], None
+
+
 def main():
     proto_in = os.fdopen(os.dup(0), "rb", buffering=0)
     proto_out = os.fdopen(os.dup(1), "wb")
@@ -65,6 +86,7 @@ def main():
     }).encode()
     proto_out.write(struct.pack("<I", len(hello)) + hello)
     proto_out.flush()
+    ours = f"python={sys.version_info[0]}.{sys.version_info[1]};cloudpickle={cloudpickle.__version__}"
     while True:
         header = _read_exact(proto_in, 4)
         if header is None:
@@ -73,6 +95,10 @@ def main():
         payload = _read_exact(proto_in, length)
         if payload is None:
             return
+        payload, refusal = _check_header(payload, ours)
+        if refusal is not None:
+            _write(proto_out, REFUSED, refusal.encode())
+            continue
         try:
             func = cloudpickle.loads(payload)
             result = func()

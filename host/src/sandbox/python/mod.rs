@@ -24,6 +24,8 @@ const CHILD_SOURCE: &str = include_str!("child.py");
 const STATUS_OK: u8 = 0;
 /// Answer status: the callable raised.
 const STATUS_RAISED: u8 = 1;
+/// Answer status: refused before running (the client's Python or cloudpickle differ).
+const STATUS_REFUSED: u8 = 2;
 
 /// How Python children are started.
 #[derive(Debug, Clone)]
@@ -119,6 +121,11 @@ impl PyChild {
                 kind: ErrorKind::Failed,
                 message: "the task raised an exception (see detail)".into(),
                 detail: body.to_vec(),
+            })),
+            STATUS_REFUSED => Ok(Outcome::Err(TaskError {
+                kind: ErrorKind::Rejected,
+                message: String::from_utf8_lossy(body).into_owned(),
+                detail: Vec::new(),
             })),
             other => Err(ChildError::Protocol { pid, detail: format!("unknown status {other}") }),
         }
