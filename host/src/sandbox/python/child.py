@@ -40,8 +40,12 @@ def _read_exact(stream, n):
 
 
 def _write(stream, status, body):
-    stream.write(struct.pack("<IB", len(body) + 1, status))
-    stream.write(body)
+    header = struct.pack("<IB", len(body) + 1, status)
+    if len(body) < 65536:  # one write, one wake-up of the worker
+        stream.write(header + body)
+    else:
+        stream.write(header)
+        stream.write(body)
     stream.flush()
 
 

@@ -101,8 +101,16 @@ impl PyChild {
     async fn call(&mut self, payload: &[u8]) -> Result<Outcome, ChildError> {
         let io = async {
             let len = u32::try_from(payload.len()).map_err(|_| std::io::Error::other("payload over 4 GiB"))?;
-            self.stdin.write_all(&len.to_le_bytes()).await?;
-            self.stdin.write_all(payload).await?;
+            if payload.len() < 64 * 1024 {
+                // One write: the child wakes once per task.
+                let mut frame = Vec::with_capacity(4 + payload.len());
+                frame.extend_from_slice(&len.to_le_bytes());
+                frame.extend_from_slice(payload);
+                self.stdin.write_all(&frame).await?;
+            } else {
+                self.stdin.write_all(&len.to_le_bytes()).await?;
+                self.stdin.write_all(payload).await?;
+            }
             self.stdin.flush().await?;
             read_frame(&mut self.stdout, DEFAULT_MAX_FRAME).await
         };
