@@ -126,6 +126,9 @@ struct WorkerArgs {
     /// Replace a Python child after this many tasks.
     #[arg(long, default_value_t = 10_000)]
     max_tasks_per_child: u32,
+    /// Replace a Python child whose resident memory exceeds this after a task (e.g. 2GiB).
+    #[arg(long, value_parser = parse_bytes)]
+    max_child_memory: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -296,6 +299,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             python: PythonExecutor::new(PythonConfig {
                 python: args.python,
                 max_tasks_per_child: args.max_tasks_per_child.max(1),
+                max_child_memory: args.max_child_memory,
             }),
         }),
         connect_timeout: args.connect.timeout(),
@@ -405,8 +409,46 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Parses sizes like `512MiB`, `2GiB`, `1.5GB` or a plain number of bytes.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.trim().parse().map_err(|_| format!("{text:?} is not a size; hint: write e.g. 4GiB"))?;
+    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit {other:?}; hint: use B, KiB, MiB, GiB, KB, MB or GB")),
+    };
+    if number < 0.0 || !number.is_finite() {
+        return Err(format!("{text:?} is not a size"));
+    }
+    Ok((number * factor) as u64)
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "worker".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_bytes("4GiB"), Ok(4 * 1024 * 1024 * 1024));
+        assert_eq!(parse_bytes("1.5 GB"), Ok(1_500_000_000));
+        assert_eq!(parse_bytes("512"), Ok(512));
+        assert!(parse_bytes("lots").unwrap_err().contains("hint:"));
+        assert!(parse_bytes("3 parsecs").is_err());
+    }
 }

@@ -151,3 +151,35 @@ async fn a_client_with_other_python_or_cloudpickle_versions_is_refused() {
     assert_eq!(inspect(&py, &bytes, "x"), "5");
     client.close().await;
 }
+
+/// Pid of the child that ran each of `n` tasks.
+async fn pids(client: &stockade::client::Client, py: &str, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let Outcome::Ok(bytes) = run(client, pickle(py, "lambda: os.getpid()")).await else { panic!("no result") };
+        out.push(inspect(py, &bytes, "x"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn children_are_recycled_after_their_task_limit() {
+    let py = python();
+    let cluster = Cluster::start_with(1, 1, &[], &["--python", &py, "--max-tasks-per-child", "2"]);
+    let client = cluster.client().await;
+    let p = pids(&client, &py, 3).await;
+    assert_eq!(p[0], p[1], "reused within the limit");
+    assert_ne!(p[1], p[2], "replaced after 2 tasks");
+    client.close().await;
+}
+
+#[tokio::test]
+async fn children_are_recycled_over_their_memory_limit() {
+    let py = python();
+    // Every child is over 1 KiB resident, so each task gets a fresh one.
+    let cluster = Cluster::start_with(1, 1, &[], &["--python", &py, "--max-child-memory", "1KiB"]);
+    let client = cluster.client().await;
+    let p = pids(&client, &py, 2).await;
+    assert_ne!(p[0], p[1]);
+    client.close().await;
+}

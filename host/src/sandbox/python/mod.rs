@@ -34,11 +34,13 @@ pub struct PythonConfig {
     pub python: String,
     /// A child is replaced after this many tasks.
     pub max_tasks_per_child: u32,
+    /// A child whose resident memory exceeds this many bytes after a task is replaced.
+    pub max_child_memory: Option<u64>,
 }
 
 impl Default for PythonConfig {
     fn default() -> Self {
-        Self { python: "python3".into(), max_tasks_per_child: 10_000 }
+        Self { python: "python3".into(), max_tasks_per_child: 10_000, max_child_memory: None }
     }
 }
 
@@ -158,6 +160,15 @@ fn describe(status: std::process::ExitStatus) -> String {
     }
 }
 
+/// Resident memory of a process, from `/proc/PID/statm` (Linux).
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
 async fn read_frame(stdout: &mut ChildStdout, max: usize) -> std::io::Result<Vec<u8>> {
     let mut header = [0u8; 4];
     stdout.read_exact(&mut header).await?;
@@ -188,8 +199,16 @@ impl PythonExecutor {
     }
 
     fn give_back(&self, tenant: String, child: PyChild) {
+        // Dropping a child kills it; the next task of the tenant starts a fresh one.
         if child.tasks >= self.config.max_tasks_per_child {
-            return; // dropped: killed and replaced on next use
+            tracing::debug!(pid = child.hello.pid, tasks = child.tasks, "recycling python child after its task limit");
+            return;
+        }
+        if let (Some(limit), Some(rss)) = (self.config.max_child_memory, resident_bytes(child.hello.pid)) {
+            if rss > limit {
+                tracing::info!(pid = child.hello.pid, rss, limit, "recycling python child over its memory limit");
+                return;
+            }
         }
         if let Ok(mut idle) = self.idle.lock() {
             idle.entry(tenant).or_default().push(child);

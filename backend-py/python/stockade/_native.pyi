@@ -1,0 +1,43 @@
+"""Type stubs of the native module (Rust, pyo3). Use ``stockade.Client`` instead."""
+
+class Client:
+    """A connection to a scheduler; thread-safe. Blocking calls release the GIL."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        scheduler_file: str | None = None,
+        token: str | None = None,
+        name: str = "python",
+        timeout: float = 10.0,
+    ) -> None:
+        """Connects; raises ConnectionError with a message that names the address."""
+
+    def submit_many(self, payloads: list[bytes]) -> list[int]:
+        """Submits pickled zero-argument callables; returns their task ids in order."""
+
+    def wait_completions(self, timeout: float) -> list[tuple[int, int, str, str, bytes]]:
+        """Waits up to ``timeout`` seconds; returns ``(id, status, kind, message, data)``
+        for every finished task (status 0 returned, 1 raised, 2 other error)."""
+
+    def cancel(self, ids: list[int]) -> None:
+        """Cancels tasks; each completes with kind "Cancelled" unless already done."""
+
+    def cancel_all(self) -> None:
+        """Cancels every unfinished task of this client."""
+
+    def pending(self) -> int:
+        """Tasks submitted and not yet completed."""
+
+    def scheduler_info(self, timeout: float) -> str:
+        """The scheduler's view as JSON (workers, tasks, sessions)."""
+
+    @property
+    def tenant(self) -> str:
+        """The tenant this client's token belongs to."""
+
+    def close(self) -> None:
+        """Closes the connection; unfinished tasks complete with kind "Closed"."""
+
+def cli_main(argv: list[str]) -> int:
+    """Runs the ``stockade`` command line (program name first); returns the exit status."""
