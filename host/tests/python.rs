@@ -69,10 +69,10 @@ async fn an_exception_comes_back_with_type_message_and_remote_traceback() {
         Outcome::Err(e) => {
             assert_eq!(e.kind, ErrorKind::Failed);
             assert_eq!(
-                inspect(&py, &e.detail, "repr((type(x[0]).__name__, x[1], x[2]))"),
+                inspect(&py, &e.detail, "repr((type(pickle.loads(x['exception'])).__name__, x['name'], x['message']))"),
                 "('ValueError', 'builtins.ValueError', 'bad value 7')"
             );
-            assert!(inspect(&py, &e.detail, "x[3]").contains("Traceback"), "remote traceback attached");
+            assert!(inspect(&py, &e.detail, "x['traceback']").contains("Traceback"), "remote traceback attached");
         }
         other => panic!("expected an exception, got {other:?}"),
     }

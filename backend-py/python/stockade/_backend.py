@@ -70,6 +70,8 @@ class StockadeBackend(AutoBatchingMixin, ParallelBackendBase):
         self._outstanding_lock = threading.Lock()
 
     def effective_n_jobs(self, n_jobs):
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
         slots = self._wait_for_slots()
         if n_jobs is None or n_jobs == -1:
             return slots
@@ -98,14 +100,17 @@ class StockadeBackend(AutoBatchingMixin, ParallelBackendBase):
         future = self.client.submit_pickled([cloudpickle.dumps(func)])[0]
         with self._outstanding_lock:
             self._outstanding.add(future)
-        future.add_done_callback(self._forget)
-        if callback is not None:
-            future.add_done_callback(callback)
-        return future
 
-    def _forget(self, future) -> None:
-        with self._outstanding_lock:
-            self._outstanding.discard(future)
+        def done(f):
+            with self._outstanding_lock:
+                self._outstanding.discard(f)
+            # Batches of an aborted call end later (as cancelled); joblib must not see
+            # them, or they would count against the next call of the same Parallel.
+            if callback is not None and not getattr(f, "stockade_aborted", False):
+                callback(f)
+
+        future.add_done_callback(done)
+        return future
 
     def retrieve_result_callback(self, out):
         return out.result()
@@ -114,6 +119,8 @@ class StockadeBackend(AutoBatchingMixin, ParallelBackendBase):
         """Cancels this backend's queued and running tasks on the cluster."""
         with self._outstanding_lock:
             pending = list(self._outstanding)
+            for f in pending:
+                f.stockade_aborted = True
         self.client.cancel(pending)
 
     def __reduce__(self):

@@ -23,15 +23,52 @@ _VERSION_HEADER = (
 )
 
 
-def _rebuild_exception(data: bytes) -> BaseException:
-    """Turns a child's error payload back into the task's exception."""
+def _from_parts(info: dict) -> BaseException | None:
+    """Rebuilds an exception from class, args and attributes without calling __init__.
+
+    pickle rebuilds exceptions as ``cls(*args)``, which is wrong whenever __init__ turns
+    its parameters into other args (``FormattedError(7)`` with args ``("code 7",)``)
+    and fails when it takes other parameters. ``BaseException.__new__`` sets args and
+    skips __init__; the attributes come back one by one.
+    """
+    if info["type"] is None:
+        return None
     try:
-        exc, name, message, tb = cloudpickle.loads(data)
-    except Exception as e:  # the exception's class is not importable here
-        return StockadeError(f"the task raised an exception that cannot be unpickled here: {e}")
+        cls = cloudpickle.loads(info["type"])
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            return None
+        if cls.__reduce__ is not BaseException.__reduce__ or cls.__reduce_ex__ is not BaseException.__reduce_ex__:
+            return None  # the class says how to pickle itself: trust its pickle
+        args = cloudpickle.loads(info["args"]) if info["args"] is not None else (info["message"],)
+        exc = cls.__new__(cls, *args)
+        # The built-in base's __init__ sets C-level fields from args (SystemExit.code,
+        # OSError.errno ...) without running the class's own __init__.
+        builtin_base = next(c for c in cls.__mro__ if c.__module__ == "builtins")
+        builtin_base.__init__(exc, *args)
+        exc.args = args
+        for key, blob in info["state"].items():
+            try:
+                setattr(exc, key, cloudpickle.loads(blob))
+            except Exception:
+                pass
+        return exc
+    except Exception:
+        return None
+
+
+def _rebuild_exception(data: bytes) -> BaseException:
+    """Turns a child's error description (see child.py) back into the task's exception,
+    with the remote traceback as its ``__cause__``."""
+    info = cloudpickle.loads(data)
+    exc = _from_parts(info)
+    if exc is None and info["exception"] is not None:
+        try:
+            exc = cloudpickle.loads(info["exception"])
+        except Exception:
+            exc = None
     if exc is None:
-        exc = StockadeError(f"{name}: {message} (the exception itself could not be pickled)")
-    exc.__cause__ = RemoteTraceback(tb)
+        exc = StockadeError(f"{info['name']}: {info['message']} (the exception could not be rebuilt here)")
+    exc.__cause__ = RemoteTraceback(info["traceback"])
     return exc
 
 

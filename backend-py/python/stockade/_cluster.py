@@ -83,8 +83,9 @@ class LocalCluster:
         self.slots_per_worker = slots_per_worker
         self._dir = tempfile.mkdtemp(prefix="stockade-cluster-")
         self.scheduler_file = os.path.join(self._dir, "scheduler.json")
+        # The scheduler also writes the per-user default scheduler file of its port, so
+        # `Client(cluster.address)` works from this machine as with any scheduler.
         self._env = dict(os.environ)
-        self._env["STOCKADE_RUNTIME_DIR"] = self._dir
         paths = [p for p in sys.path if p] + [os.getcwd()]
         self._env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         self._timeout = timeout

@@ -11,13 +11,19 @@ Frames are a little-endian u32 length and that many bytes.
   cloudpickle of a zero-argument callable.
 - Each answer is one frame: a status byte, then
     0: cloudpickle of the result,
-    1: pickle of (exception or None, type name, message, remote traceback text),
+    1: cloudpickle of a dict describing the exception: "exception" (its own pickle, or
+       None), "type" (the class, or None), "args", "state" (its picklable attributes,
+       each pickled alone), "name", "message" and "traceback" (the remote traceback
+       text). The caller rebuilds the exception from class, args and state, which
+       undoes what an __init__ did to its arguments, and uses the pickle only for
+       classes that define their own __reduce__.
     2: UTF-8 text: the request was refused (versions differ), nothing ran.
 """
 
 import io
 import json
 import os
+import signal
 import struct
 import sys
 import traceback
@@ -49,14 +55,26 @@ def _write(stream, status, body):
     stream.flush()
 
 
+def _dumps_or_none(obj):
+    try:
+        return cloudpickle.dumps(obj)
+    except Exception:
+        return None
+
+
 def _error_payload(exc):
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    message = str(exc)
-    try:
-        return cloudpickle.dumps((exc, name, message, tb))
-    except Exception:  # the exception itself does not pickle: send its description
-        return cloudpickle.dumps((None, name, message, tb))
+    exc.__traceback__ = None  # frames do not pickle; the text above carries them
+    return cloudpickle.dumps({
+        "exception": _dumps_or_none(exc),
+        "type": _dumps_or_none(type(exc)),
+        "args": _dumps_or_none(exc.args),
+        # Attribute by attribute, so one unpicklable attribute loses only itself.
+        "state": {k: b for k, v in getattr(exc, "__dict__", {}).items() if (b := _dumps_or_none(v)) is not None},
+        "name": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "message": str(exc),
+        "traceback": tb,
+    })
 
 
 def _check_header(payload, ours):
@@ -77,6 +95,9 @@ def _check_header(payload, ours):
 
 
 def main():
+    # Ctrl-C on the worker's terminal reaches the whole process group; the worker
+    # decides what happens to its children, so they ignore it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     proto_in = os.fdopen(os.dup(0), "rb", buffering=0)
     proto_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # user prints go to the worker's log
@@ -107,9 +128,7 @@ def main():
             func = cloudpickle.loads(payload)
             result = func()
             body = cloudpickle.dumps(result)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - every failure goes to the caller
+        except BaseException as exc:  # noqa: BLE001 - every failure, KeyboardInterrupt too, goes to the caller
             _write(proto_out, RAISED, _error_payload(exc))
             continue
         _write(proto_out, OK, body)
