@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import time
 
@@ -15,26 +16,28 @@ from ._cluster import LocalCluster
 from ._errors import StockadeError
 
 _default_lock = threading.Lock()
-_default: tuple[LocalCluster, Client] | None = None
+# (pid, cluster, client) of the process's embedded cluster. A forked child inherits the
+# parent's entry but not its connection, so it starts its own.
+_default: tuple[int, LocalCluster, Client] | None = None
 
 
 def _default_client() -> Client:
     """The process's embedded cluster, started on first use and stopped at exit."""
     global _default
     with _default_lock:
-        if _default is None:
+        if _default is None or _default[0] != os.getpid():
             cluster = LocalCluster()
             client = Client(scheduler_file=cluster.scheduler_file, name="joblib-embedded")
-            _default = (cluster, client)
+            _default = (os.getpid(), cluster, client)
             atexit.register(_close_default)
-        return _default[1]
+        return _default[2]
 
 
 def _close_default() -> None:
     global _default
     with _default_lock:
-        if _default is not None:
-            cluster, client = _default
+        if _default is not None and _default[0] == os.getpid():
+            _, cluster, client = _default
             _default = None
             client.close()
             cluster.close()
@@ -122,6 +125,10 @@ class StockadeBackend(AutoBatchingMixin, ParallelBackendBase):
             for f in pending:
                 f.stockade_aborted = True
         self.client.cancel(pending)
+
+    def terminate(self):
+        """End of a Parallel call: the cluster stays, the batching statistics reset."""
+        self.reset_batch_stats()
 
     def __reduce__(self):
         raise StockadeError("the stockade backend cannot be pickled into a task")

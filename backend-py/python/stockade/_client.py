@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import threading
 from concurrent.futures import Future
@@ -88,6 +89,7 @@ class Client:
         timeout: float = 10.0,
         name: str = "python",
     ):
+        self._pid = os.getpid()
         self._native = _native.Client(address, scheduler_file, token, name, timeout)
         self._futures: dict[int, Future] = {}
         self._lock = threading.Lock()
@@ -111,6 +113,11 @@ class Client:
         """Submits already pickled zero-argument callables."""
         if self._closed.is_set():
             raise StockadeError("the client is closed")
+        if os.getpid() != self._pid:
+            raise StockadeError(
+                f"this Client was created in process {self._pid}; its connection does not survive a fork. "
+                "hint: create a new Client in the child process"
+            )
         futures = [Future() for _ in payloads]
         for f in futures:
             f.set_running_or_notify_cancel()
@@ -167,8 +174,8 @@ class Client:
 
     def close(self) -> None:
         """Closes the connection; unfinished tasks are cancelled on the cluster."""
-        if self._closed.is_set():
-            return
+        if self._closed.is_set() or os.getpid() != self._pid:
+            return  # a forked copy: the connection is the parent's
         self._closed.set()
         self._native.close()
         self._dispatcher.join(timeout=5)

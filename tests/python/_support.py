@@ -1,0 +1,56 @@
+"""Helpers shared by the test modules (imported by name: this directory is on sys.path,
+and the workers' Python children import it too when a task refers to these functions)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import stockade
+
+# Fast failure detection, so lost workers are noticed in about a second.
+FAST_HEARTBEAT = (
+    "--heartbeat-interval-ms", "100",
+    "--heartbeat-timeout-ms", "1000",
+    "--allowed-failures", "3",
+)
+
+
+def poll(fetch, done, timeout: float, interval: float = 0.1):
+    """Calls ``fetch()`` until ``done(value)`` or ``timeout`` seconds; returns the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if done(value) or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def is_idle(info: dict) -> bool:
+    """Nothing queued or running, in the scheduler's counters and on every worker."""
+    return (
+        info["tasks"]["queued"] == 0
+        and info["tasks"]["running"] == 0
+        and all(w["running"] == 0 for w in info["workers"])
+    )
+
+
+def wait_idle(client: stockade.Client, timeout: float = 30.0) -> dict:
+    """Waits until the scheduler has nothing queued or running; returns its last view."""
+    return poll(client.scheduler_info, is_idle, timeout)
+
+
+def parent_pid_of(pid: int) -> int:
+    """The parent process id of ``pid`` (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def worker_pids(cluster: stockade.LocalCluster) -> set[int]:
+    """Process ids of a cluster's worker processes (the parents of their Python children)."""
+    return {w.pid for w in cluster.workers}
+
+
+def task_identity(x):
+    """Runs on a worker: the argument, the Python child's pid and its parent (the worker)."""
+    return x, os.getpid(), os.getppid()

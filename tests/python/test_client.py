@@ -1,0 +1,190 @@
+"""stockade.Client on the shared cluster: submit, map, errors, cancel, close, addresses."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import re
+import threading
+import time
+
+import cloudpickle
+import pytest
+
+import stockade
+from _support import is_idle, poll, task_identity, wait_idle, worker_pids
+
+RESULT_TIMEOUT = 30
+
+
+def add(a, b=0, *, scale=1):
+    return (a + b) * scale
+
+
+def divide(a, b):
+    return a / b
+
+
+def test_scheduler_info_lists_the_workers_and_slots(idle_client):
+    info = idle_client.scheduler_info()
+    assert sorted(w["name"] for w in info["workers"]) == ["worker1", "worker2"]
+    assert [w["slots"] for w in info["workers"]] == [1, 1]
+    assert set(info["tasks"]) == {"queued", "running", "done", "failed"}
+    assert idle_client.total_slots() == 2
+
+
+def test_submit_positional_and_keyword_arguments(idle_client):
+    futures = [
+        idle_client.submit(add, 2, 3),
+        idle_client.submit(add, 2, b=5),
+        idle_client.submit(add, 1, 2, scale=10),
+        idle_client.submit(sorted, [3, 1, 2], reverse=True),
+        idle_client.submit(dict, a=1, b=[2, 3]),
+    ]
+    assert all(isinstance(f, concurrent.futures.Future) for f in futures)
+    assert [f.result(RESULT_TIMEOUT) for f in futures] == [5, 7, 30, [3, 2, 1], {"a": 1, "b": [2, 3]}]
+
+
+def test_submit_lambda_and_closure(idle_client):
+    offset = 100
+
+    def closure(x):
+        return x + offset
+
+    assert idle_client.submit(lambda x, y: x * y, 6, 7).result(RESULT_TIMEOUT) == 42
+    assert idle_client.submit(closure, 5).result(RESULT_TIMEOUT) == 105
+
+
+def test_tasks_run_in_the_workers_python_children(cluster, idle_client):
+    futures = [idle_client.submit(task_identity, i) for i in range(6)]
+    results = [f.result(RESULT_TIMEOUT) for f in futures]
+    assert [x for x, _, _ in results] == list(range(6))
+    assert all(pid != os.getpid() for _, pid, _ in results)
+    assert {ppid for _, _, ppid in results} <= worker_pids(cluster)
+
+
+def test_map_keeps_the_order_of_its_inputs(idle_client):
+    futures = idle_client.map(pow, [2, 3, 4, 5], [3, 2, 1, 0])
+    assert [f.result(RESULT_TIMEOUT) for f in futures] == [8, 9, 4, 1]
+    many = idle_client.map(add, range(200), range(200))
+    assert [f.result(RESULT_TIMEOUT) for f in many] == [2 * i for i in range(200)]
+
+
+def test_map_over_nothing_submits_nothing(idle_client):
+    assert idle_client.map(add, []) == []
+
+
+def test_a_raising_task_raises_the_same_exception_with_the_remote_traceback(idle_client):
+    future = idle_client.submit(divide, 1, 0)
+    with pytest.raises(ZeroDivisionError) as info:
+        future.result(RESULT_TIMEOUT)
+    assert str(info.value) == "division by zero"
+    cause = info.value.__cause__
+    assert isinstance(cause, stockade.RemoteTraceback)
+    assert "in divide" in cause.tb
+    assert "return a / b" in cause.tb
+    # The client keeps working.
+    assert idle_client.submit(divide, 1, 4).result(RESULT_TIMEOUT) == 0.25
+
+
+def test_an_unpicklable_result_fails_with_the_pickling_error(idle_client):
+    with pytest.raises(TypeError) as local:
+        cloudpickle.dumps(threading.Lock())
+    future = idle_client.submit(threading.Lock)
+    with pytest.raises(TypeError) as remote:
+        future.result(RESULT_TIMEOUT)
+    assert str(remote.value) == str(local.value) == "cannot pickle '_thread.lock' object"
+    assert isinstance(remote.value.__cause__, stockade.RemoteTraceback)
+    assert idle_client.submit(add, 1, 1).result(RESULT_TIMEOUT) == 2
+
+
+def test_an_unpicklable_argument_fails_in_submit(idle_client):
+    with pytest.raises(TypeError, match=re.escape("cannot pickle '_thread.lock' object")):
+        idle_client.submit(id, threading.Lock())
+    assert idle_client.submit(add, 2, 2).result(RESULT_TIMEOUT) == 4
+
+
+@pytest.mark.timeout(60)
+def test_cancel_stops_a_running_task(idle_client):
+    future = idle_client.submit(time.sleep, 120)
+    info = poll(idle_client.scheduler_info, lambda i: i["tasks"]["running"] == 1, 20)
+    assert info["tasks"]["running"] == 1, info
+    idle_client.cancel([future])
+    with pytest.raises(stockade.TaskCancelled, match="cancelled"):
+        future.result(RESULT_TIMEOUT)
+    info = wait_idle(idle_client, 20)
+    assert is_idle(info), info
+    assert idle_client.submit(add, 3, 4).result(RESULT_TIMEOUT) == 7
+
+
+@pytest.mark.timeout(60)
+def test_closing_a_client_fails_its_unfinished_futures_and_cancels_their_tasks(cluster, idle_client):
+    other = stockade.Client(scheduler_file=cluster.scheduler_file, timeout=10)
+    future = other.submit(time.sleep, 120)
+    info = poll(idle_client.scheduler_info, lambda i: i["tasks"]["running"] == 1, 20)
+    assert info["tasks"]["running"] == 1, info
+    other.close()
+    with pytest.raises(stockade.ConnectionLost):
+        future.result(RESULT_TIMEOUT)
+    with pytest.raises(stockade.StockadeError, match="the client is closed"):
+        other.submit(add, 1, 2)
+    info = wait_idle(idle_client, 20)
+    assert is_idle(info), info
+
+
+def test_client_as_context_manager(cluster):
+    with stockade.Client(scheduler_file=cluster.scheduler_file, timeout=10) as c:
+        assert c.submit(add, 20, 22).result(RESULT_TIMEOUT) == 42
+    with pytest.raises(stockade.StockadeError, match="the client is closed"):
+        c.submit(add, 1, 2)
+
+
+@pytest.mark.timeout(60)
+def test_unknown_address_fails_fast_naming_it():
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=re.escape("127.0.0.1:1")):
+        stockade.Client("127.0.0.1:1", timeout=2)
+    assert time.monotonic() - start < 30
+
+
+@pytest.mark.timeout(60)
+def test_address_without_a_scheduler_fails_within_the_timeout_naming_it(cluster):
+    # The scheduler file makes the address verifiable; nothing answers there.
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=re.escape("127.0.0.1:1")):
+        stockade.Client("127.0.0.1:1", scheduler_file=cluster.scheduler_file, timeout=2)
+    assert time.monotonic() - start < 30
+
+
+def test_missing_scheduler_file_names_the_file(tmp_path):
+    missing = tmp_path / "nowhere" / "scheduler.json"
+    with pytest.raises(ConnectionError, match=re.escape(str(missing))):
+        stockade.Client(scheduler_file=str(missing), timeout=2)
+
+
+def test_address_alone_connects_on_the_schedulers_machine(cluster):
+    # Client's documented contract: "Client("HOST:PORT") works on the scheduler's
+    # machine". LocalCluster's scheduler runs on this machine, as this user.
+    with stockade.Client(cluster.address, timeout=10) as c:
+        assert c.submit(add, 1, 2).result(RESULT_TIMEOUT) == 3
+
+
+def submit_from_a_new_client(scheduler_file):
+    """Runs in a forked child: a Client of its own, one task."""
+    with stockade.Client(scheduler_file=scheduler_file, timeout=5) as c:
+        return c.submit(add, 1, 1).result(RESULT_TIMEOUT)
+
+
+@pytest.mark.timeout(90)
+def test_a_forked_child_process_can_use_its_own_client(cluster, idle_client):
+    # This process already uses Stockade (the session client). A child forked from it,
+    # as multiprocessing's default start method on Linux does, must be able to connect
+    # on its own, or fail within its timeout; never hang.
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        pending = pool.apply_async(submit_from_a_new_client, (cluster.scheduler_file,))
+        try:
+            value = pending.get(timeout=30)
+        except multiprocessing.TimeoutError:
+            pytest.fail("Client(scheduler_file=..., timeout=5) in a forked child did not return within 30 s")
+    assert value == 2
