@@ -273,3 +273,17 @@ def test_a_changed_global_of_main_is_seen_by_the_next_call(cluster, idle_client,
         "managed_first": [0, 100, 200, 300, 400, 500],
         "managed_second": [0, 1000, 2000, 3000, 4000, 5000],
     }
+
+
+def nested_by_name(n):
+    # Inside a task, the backend named "stockade" runs the nested call in the task's
+    # own process, on threads; the caller's process id shows where it ran.
+    inner = Parallel(n_jobs=2, backend="stockade")(delayed(os.getpid)() for _ in range(4))
+    return os.getpid(), inner, sum(Parallel(n_jobs=2, backend="stockade")(delayed(abs)(-i) for i in range(n)))
+
+
+def test_nested_parallel_naming_the_stockade_backend_runs_inside_the_task(on_cluster):
+    out = Parallel(n_jobs=2)(delayed(nested_by_name)(n) for n in (3, 5))
+    for (pid, inner_pids, total), n in zip(out, (3, 5)):
+        assert inner_pids == [pid] * 4
+        assert total == sum(range(n))

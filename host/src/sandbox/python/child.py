@@ -94,6 +94,27 @@ def _check_header(payload, ours):
     return payload[end + 1:], None
 
 
+_nested_registered = False
+
+
+def _register_nested_backend():
+    """Inside a task, `backend="stockade"` means: run the nested call here, on threads.
+
+    The task already holds one of the cluster's slots; sending nested batches back to
+    the cluster could wait on slots held by the callers themselves. joblib's own rule
+    for nested calls is the same (threads at the first level). Registered once joblib
+    is imported, which unpickling a joblib batch does.
+    """
+    global _nested_registered
+    if _nested_registered or "joblib" not in sys.modules:
+        return
+    from joblib import register_parallel_backend
+    from joblib.parallel import ThreadingBackend
+
+    register_parallel_backend("stockade", ThreadingBackend)
+    _nested_registered = True
+
+
 def main():
     # Ctrl-C on the worker's terminal reaches the whole process group; the worker
     # decides what happens to its children, so they ignore it.
@@ -126,6 +147,7 @@ def main():
             continue
         try:
             func = cloudpickle.loads(payload)
+            _register_nested_backend()
             result = func()
             body = cloudpickle.dumps(result)
         except BaseException as exc:  # noqa: BLE001 - every failure, KeyboardInterrupt too, goes to the caller
