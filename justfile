@@ -20,8 +20,8 @@ demo: build python
 [group('check')]
 test: build python
     STOCKADE_TEST_PYTHON="$PWD/.venv/bin/python" cargo test
-    .venv/bin/python -m pytest tests/python -q
     SMOKE=1 .venv/bin/python bench/python_overhead.py
+    .venv/bin/python -m pytest tests/python -q -p no:cacheprovider
 
 # Build the Python package (pyo3, maturin) into .venv, sharing cargo's target directory.
 [group('build')]
