@@ -3,7 +3,9 @@ and the workers' Python children import it too when a task refers to these funct
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import time
 
 import stockade
@@ -54,3 +56,20 @@ def worker_pids(cluster: stockade.LocalCluster) -> set[int]:
 def task_identity(x):
     """Runs on a worker: the argument, the Python child's pid and its parent (the worker)."""
     return x, os.getpid(), os.getppid()
+
+
+@contextlib.contextmanager
+def alarm_after(limit: float, make_error):
+    """Raises ``make_error()`` in the main thread if the block runs longer than ``limit``
+    seconds (pytest-timeout is not installed; SIGALRM does the same job)."""
+
+    def on_alarm(signum, frame):
+        raise make_error()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -9,12 +9,11 @@ its report.
 from __future__ import annotations
 
 import faulthandler
-import signal
 
 import pytest
 
 import stockade
-from _support import FAST_HEARTBEAT, is_idle, wait_idle
+from _support import FAST_HEARTBEAT, alarm_after, is_idle, wait_idle
 
 # Not a test module: a report script that runs joblib's own suite (see its docstring).
 collect_ignore = ["run_joblib_suite.py"]
@@ -50,18 +49,12 @@ def pytest_runtest_protocol(item, nextitem):
     else:
         limit = item.config.getoption("timeout", None) or DEFAULT_TEST_TIMEOUT
 
-    def on_alarm(signum, frame):
-        raise WatchdogTimeout(f"{item.nodeid} ran longer than its watchdog limit of {limit:.0f}s")
-
     # Last resort if the main thread cannot take the signal (stuck in native code).
     faulthandler.dump_traceback_later(limit + 60, exit=True)
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, limit)
     try:
-        yield
+        with alarm_after(limit, lambda: WatchdogTimeout(f"{item.nodeid} ran longer than its watchdog limit of {limit:.0f}s")):
+            yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
         faulthandler.cancel_dump_traceback_later()
 
 

@@ -39,6 +39,9 @@ import time
 
 import pytest
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _support import alarm_after  # noqa: E402
+
 GROUP_NAMES = (
     "PROCESS_BACKENDS",
     "PARALLEL_BACKENDS",
@@ -111,17 +114,9 @@ class StockadeJoblibPlugin:
     def pytest_runtest_protocol(self, item, nextitem):
         limit = self.per_test_timeout
 
-        def on_alarm(signum, frame):
-            raise TimeoutError(f"watchdog: the test ran longer than {limit:.0f}s")
-
         self.results.write(json.dumps({"started": item.nodeid}) + "\n")
-        previous = signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, limit)
-        try:
+        with alarm_after(limit, lambda: TimeoutError(f"watchdog: the test ran longer than {limit:.0f}s")):
             yield
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
         record = self.outcomes.pop(item.nodeid, {"outcome": "unknown", "message": ""})
         record["nodeid"] = item.nodeid
         record["group"] = self.groups.get(item.nodeid, "other")
