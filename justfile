@@ -64,3 +64,8 @@ fmt:
 [group('check')]
 fmt-check:
     cargo fmt --all -- --check
+
+# API documentation of the Rust crates.
+[group('check')]
+doc:
+    cargo doc --no-deps --workspace
