@@ -136,20 +136,29 @@ impl NativeClient {
     }
 
     /// Submits pickled zero-argument callables; returns their task ids in order.
-    fn submit_many(&self, py: Python<'_>, payloads: Vec<Vec<u8>>) -> PyResult<Vec<u64>> {
-        let queue = self.queue.clone();
-        py.detach(|| {
-            let tasks: Vec<(TaskKind, Vec<u8>, Completion)> = payloads
-                .into_iter()
-                .map(|payload| {
-                    let queue = queue.clone();
-                    let completion: Completion = Box::new(move |id, result| queue.push(completed(id, result)));
-                    (TaskKind::Python, payload, completion)
-                })
-                .collect();
-            self.client.submit_with(tasks)
-        })
-        .map_err(|e| PyConnectionError::new_err(e.to_string()))
+    /// Each task's payload is `header` followed by its pickle, assembled here in one
+    /// copy (a large argument is not copied again by a concatenation in Python).
+    #[pyo3(signature = (payloads, header=None))]
+    fn submit_many(
+        &self,
+        py: Python<'_>,
+        payloads: Vec<Bound<'_, PyBytes>>,
+        header: Option<&[u8]>,
+    ) -> PyResult<Vec<u64>> {
+        let header = header.unwrap_or_default();
+        let tasks: Vec<(TaskKind, Vec<u8>, Completion)> = payloads
+            .iter()
+            .map(|pickled| {
+                let pickled = pickled.as_bytes();
+                let mut payload = Vec::with_capacity(header.len() + pickled.len());
+                payload.extend_from_slice(header);
+                payload.extend_from_slice(pickled);
+                let queue = self.queue.clone();
+                let completion: Completion = Box::new(move |id, result| queue.push(completed(id, result)));
+                (TaskKind::Python, payload, completion)
+            })
+            .collect();
+        py.detach(|| self.client.submit_with(tasks)).map_err(|e| PyConnectionError::new_err(e.to_string()))
     }
 
     /// Waits up to `timeout` seconds for finished tasks and returns all there are, as

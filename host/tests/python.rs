@@ -42,6 +42,17 @@ async fn run(cluster_client: &stockade::client::Client, payload: Vec<u8>) -> Out
     bounded("python task", handle).await.expect("outcome")
 }
 
+/// The error of an outcome that must be one, with its expected kind.
+fn task_error(outcome: Outcome, kind: ErrorKind) -> stockade::proto::TaskError {
+    match outcome {
+        Outcome::Err(e) => {
+            assert_eq!(e.kind, kind, "{}", e.message);
+            e
+        }
+        other => panic!("expected a {kind:?} error, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn python_tasks_return_results_from_warm_children() {
     let py = python();
@@ -65,17 +76,12 @@ async fn an_exception_comes_back_with_type_message_and_remote_traceback() {
     let cluster = Cluster::start_with(1, 1, &[], &["--python", &py]);
     let client = cluster.client().await;
     let src = "(lambda: (_ for _ in ()).throw(ValueError('bad value 7')))";
-    match run(&client, pickle(&py, src)).await {
-        Outcome::Err(e) => {
-            assert_eq!(e.kind, ErrorKind::Failed);
-            assert_eq!(
-                inspect(&py, &e.detail, "repr((type(pickle.loads(x['exception'])).__name__, x['name'], x['message']))"),
-                "('ValueError', 'builtins.ValueError', 'bad value 7')"
-            );
-            assert!(inspect(&py, &e.detail, "x['traceback']").contains("Traceback"), "remote traceback attached");
-        }
-        other => panic!("expected an exception, got {other:?}"),
-    }
+    let e = task_error(run(&client, pickle(&py, src)).await, ErrorKind::Failed);
+    assert_eq!(
+        inspect(&py, &e.detail, "repr((type(pickle.loads(x['exception'])).__name__, x['name'], x['message']))"),
+        "('ValueError', 'builtins.ValueError', 'bad value 7')"
+    );
+    assert!(inspect(&py, &e.detail, "x['traceback']").contains("Traceback"), "remote traceback attached");
     // The child survived its task's exception and still works.
     let Outcome::Ok(bytes) = run(&client, pickle(&py, "lambda: 'still here'")).await else { panic!() };
     assert_eq!(inspect(&py, &bytes, "x"), "still here");
@@ -87,13 +93,8 @@ async fn a_task_that_kills_its_process_fails_with_worker_lost_and_the_worker_liv
     let py = python();
     let cluster = Cluster::start_with(1, 1, &["--allowed-failures", "2"], &["--python", &py]);
     let client = cluster.client().await;
-    match run(&client, pickle(&py, "lambda: os._exit(3)")).await {
-        Outcome::Err(e) => {
-            assert_eq!(e.kind, ErrorKind::WorkerLost);
-            assert!(e.message.contains("lost 2 workers") && e.message.contains("exit status 3"), "{}", e.message);
-        }
-        other => panic!("expected WorkerLost, got {other:?}"),
-    }
+    let e = task_error(run(&client, pickle(&py, "lambda: os._exit(3)")).await, ErrorKind::WorkerLost);
+    assert!(e.message.contains("lost 2 workers") && e.message.contains("exit status 3"), "{}", e.message);
     let Outcome::Ok(bytes) = run(&client, pickle(&py, "lambda: 1 + 1")).await else { panic!() };
     assert_eq!(inspect(&py, &bytes, "x"), "2");
     let echo = client.submit(TaskKind::Builtin(Builtin::Echo), b"alive".to_vec()).expect("submit");
@@ -107,17 +108,8 @@ async fn a_task_that_kills_its_process_fails_with_worker_lost_and_the_worker_liv
 async fn a_missing_interpreter_is_a_clear_error() {
     let cluster = Cluster::start_with(1, 1, &["--allowed-failures", "1"], &["--python", "/nonexistent/python"]);
     let client = cluster.client().await;
-    match run(&client, b"irrelevant".to_vec()).await {
-        Outcome::Err(e) => {
-            assert_eq!(e.kind, ErrorKind::WorkerLost);
-            assert!(
-                e.message.contains("cannot start /nonexistent/python") && e.message.contains("hint:"),
-                "{}",
-                e.message
-            );
-        }
-        other => panic!("expected an error, got {other:?}"),
-    }
+    let e = task_error(run(&client, b"irrelevant".to_vec()).await, ErrorKind::WorkerLost);
+    assert!(e.message.contains("cannot start /nonexistent/python") && e.message.contains("hint:"), "{}", e.message);
     client.close().await;
 }
 
@@ -128,18 +120,9 @@ async fn a_client_with_other_python_or_cloudpickle_versions_is_refused() {
     let client = cluster.client().await;
     let mut payload = b"stockade:python=2.7;cloudpickle=0.1.0\n".to_vec();
     payload.extend(pickle(&py, "lambda: 1"));
-    match run(&client, payload).await {
-        Outcome::Err(e) => {
-            assert_eq!(e.kind, ErrorKind::Rejected);
-            assert!(
-                e.message.contains("version mismatch: the client has python=2.7;cloudpickle=0.1.0"),
-                "{}",
-                e.message
-            );
-            assert!(e.message.contains("hint:"), "{}", e.message);
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    }
+    let e = task_error(run(&client, payload).await, ErrorKind::Rejected);
+    assert!(e.message.contains("version mismatch: the client has python=2.7;cloudpickle=0.1.0"), "{}", e.message);
+    assert!(e.message.contains("hint:"), "{}", e.message);
     // The matching header is accepted.
     let ours = Command::new(&py)
         .args(["-c", "import sys, cloudpickle; print(f'python={sys.version_info[0]}.{sys.version_info[1]};cloudpickle={cloudpickle.__version__}')"])

@@ -123,7 +123,7 @@ class Client:
             f.set_running_or_notify_cancel()
         # Hold the lock so that no completion arrives before its future is known.
         with self._lock:
-            ids = self._native.submit_many([_VERSION_HEADER + p for p in payloads])
+            ids = self._native.submit_many(payloads, _VERSION_HEADER)
             for task_id, f in zip(ids, futures):
                 f.stockade_id = task_id
                 self._futures[task_id] = f

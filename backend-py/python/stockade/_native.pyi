@@ -13,8 +13,9 @@ class Client:
     ) -> None:
         """Connects; raises ConnectionError with a message that names the address."""
 
-    def submit_many(self, payloads: list[bytes]) -> list[int]:
-        """Submits pickled zero-argument callables; returns their task ids in order."""
+    def submit_many(self, payloads: list[bytes], header: bytes | None = None) -> list[int]:
+        """Submits pickled zero-argument callables, each sent as ``header + payload``;
+        returns their task ids in order."""
 
     def wait_completions(self, timeout: float) -> list[tuple[int, int, str, str, bytes]]:
         """Waits up to ``timeout`` seconds; returns ``(id, status, kind, message, data)``

@@ -72,18 +72,12 @@ pub async fn run(
     let reader_task = {
         let tx = tx.clone();
         tokio::spawn(async move {
-            let end = loop {
-                match reader.next::<ToWorker>().await {
-                    Ok(Some(msg)) => {
-                        if tx.send(Input::FromScheduler(msg)).is_err() {
-                            break Ok(());
-                        }
-                    }
-                    Ok(None) => break Ok(()),
-                    Err(e) => break Err(e),
+            while let Some(msg) = reader.next::<ToWorker>().await? {
+                if tx.send(Input::FromScheduler(msg)).is_err() {
+                    break;
                 }
-            };
-            end
+            }
+            Ok::<(), FrameError>(())
         })
     };
     let ticker = {
