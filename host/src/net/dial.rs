@@ -179,7 +179,7 @@ pub fn connection_error(addr: &str, e: quinn::ConnectionError) -> DialError {
             reason: String::from_utf8_lossy(&close.reason).into_owned(),
         },
         quinn::ConnectionError::TimedOut => {
-            DialError::Timeout { addr: addr.to_string(), timeout: Duration::from_secs(30) }
+            DialError::Timeout { addr: addr.to_string(), timeout: super::endpoint::IDLE_TIMEOUT }
         }
         other => DialError::Connect { addr: addr.to_string(), reason: other.to_string() },
     }

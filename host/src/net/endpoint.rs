@@ -35,13 +35,16 @@ pub enum NetError {
     },
 }
 
+/// A connection silent this long (keep-alives included) is dead.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Transport settings shared by both sides: keep-alives so that idle connections stay
 /// up, an idle timeout that detects dead peers, and windows large enough for big
 /// task payloads on a fast link.
 pub fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(2)));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
+    if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
         t.max_idle_timeout(Some(idle));
     }
     t.stream_receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));

@@ -474,20 +474,26 @@ impl SchedulerState {
 
     /// Ends a task for its client.
     fn finish(&mut self, key: TaskKey, outcome: Outcome) {
-        let Some(task) = self.tasks.remove(&key) else {
-            return;
-        };
+        if let Some((session, id)) = self.retire(key, matches!(outcome, Outcome::Ok(_))) {
+            self.actions.push(Action::Deliver { session, result: TaskResult { id, outcome } });
+        }
+    }
+
+    /// Forgets a task and counts how it ended; returns its session and client id.
+    fn retire(&mut self, key: TaskKey, succeeded: bool) -> Option<(SessionId, TaskId)> {
+        let task = self.tasks.remove(&key)?;
         if let TaskState::Queued = task.state {
             self.queued -= 1;
         }
         if let Some(s) = self.sessions.get_mut(&task.session) {
             s.tasks.remove(&task.id);
         }
-        match outcome {
-            Outcome::Ok(_) => self.done += 1,
-            Outcome::Err(_) => self.failed += 1,
+        if succeeded {
+            self.done += 1;
+        } else {
+            self.failed += 1;
         }
-        self.actions.push(Action::Deliver { session: task.session, result: TaskResult { id: task.id, outcome } });
+        Some((task.session, task.id))
     }
 
     fn cancel_task(&mut self, key: TaskKey, deliver: bool) {
@@ -500,11 +506,8 @@ impl SchedulerState {
         }
         if deliver {
             self.finish(key, error(ErrorKind::Cancelled, "cancelled by the client".into()));
-        } else if let Some(task) = self.tasks.remove(&key) {
-            if let TaskState::Queued = task.state {
-                self.queued -= 1;
-            }
-            self.failed += 1;
+        } else {
+            self.retire(key, false);
         }
     }
 
