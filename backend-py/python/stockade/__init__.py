@@ -13,12 +13,15 @@ from ._client import Client
 from ._cluster import LocalCluster
 from ._errors import (
     ConnectionLost,
+    DataLost,
+    PinnedMemoryExceeded,
     RemoteTraceback,
     StockadeError,
     TaskCancelled,
     TaskRejected,
     WorkerLost,
 )
+from ._scatter import Pinned
 from ._backend import StockadeBackend, register
 
 __all__ = [
@@ -31,6 +34,9 @@ __all__ = [
     "TaskRejected",
     "ConnectionLost",
     "RemoteTraceback",
+    "Pinned",
+    "PinnedMemoryExceeded",
+    "DataLost",
     "register",
 ]
 

@@ -14,6 +14,7 @@ import cloudpickle
 
 from . import _native
 from ._errors import RemoteTraceback, StockadeError, error_for
+from ._scatter import DEFAULT_AUTO_SCATTER, ObjectSession, Pinned, pin
 
 _DONE, _RAISED = 0, 1
 
@@ -78,6 +79,10 @@ class Client:
 
     ``Client("HOST:PORT")`` works on the scheduler's machine; elsewhere pass
     ``scheduler_file=`` (or ``token=``). Futures are ``concurrent.futures.Future``.
+
+    Arguments are pickled with cloudpickle; objects given to :meth:`scatter` and numpy
+    arrays of at least ``auto_scatter`` bytes (``None`` turns that off) are pinned once
+    on every worker and sent by reference.
     """
 
     def __init__(
@@ -88,9 +93,13 @@ class Client:
         token: str | None = None,
         timeout: float = 10.0,
         name: str = "python",
+        auto_scatter: int | None = DEFAULT_AUTO_SCATTER,
     ):
         self._pid = os.getpid()
         self._native = _native.Client(address, scheduler_file, token, name, timeout)
+        self._pins: dict[bytes, int] = {}
+        self._pins_lock = threading.Lock()
+        self._objects = ObjectSession(self, auto_scatter)
         self._futures: dict[int, Future] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -102,15 +111,59 @@ class Client:
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
         """Runs ``fn(*args, **kwargs)`` on the cluster."""
         call = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
-        return self.submit_pickled([cloudpickle.dumps(call)])[0]
+        return self.submit_calls([call], self._objects)[0]
 
     def map(self, fn: Callable, *iterables: Iterable) -> list[Future]:
         """Submits ``fn`` over the zipped iterables in one batch; futures in order."""
-        payloads = [cloudpickle.dumps(functools.partial(fn, *args)) for args in zip(*iterables)]
-        return self.submit_pickled(payloads)
+        return self.submit_calls([functools.partial(fn, *args) for args in zip(*iterables)], self._objects)
 
-    def submit_pickled(self, payloads: list[bytes]) -> list[Future]:
-        """Submits already pickled zero-argument callables."""
+    def submit_calls(self, calls: list[Callable], objects: ObjectSession) -> list[Future]:
+        """Pickles zero-argument callables with the pinned objects of ``objects``
+        replaced by reference, and submits them."""
+        pickled = [objects.dumps(call) for call in calls]
+        return self.submit_pickled([p for p, _ in pickled], [n for _, n in pickled])
+
+    # -- scatter -------------------------------------------------------------------
+
+    def scatter(self, obj: Any, broadcast: bool = True, timeout: float = 600.0) -> Pinned:
+        """Pins ``obj`` on every worker (and on workers that join later) and returns a
+        reference to pass as a task argument. Pins are always broadcast: every worker
+        of the cluster holds one copy per machine. Raises ``PinnedMemoryExceeded`` when
+        a worker's ``--memory-limit`` does not allow it."""
+        return self._objects.scatter(obj)
+
+    def release(self, *refs: Pinned) -> None:
+        """Unpins objects this client scattered (all of them when none is given)."""
+        if refs:
+            self._objects.forget(refs)
+        else:
+            self._objects.release()
+
+    def _pin(self, obj: Any, timeout: float = 600.0) -> Pinned:
+        self._check_usable()
+        ref = pin(self._native, obj, timeout)
+        with self._pins_lock:
+            self._pins[ref.key] = self._pins.get(ref.key, 0) + 1
+        return ref
+
+    def _unpin(self, keys: list[bytes]) -> None:
+        """Drops one hold on each key; unpins those nobody in this process holds."""
+        gone = []
+        with self._pins_lock:
+            for key in keys:
+                n = self._pins.get(key, 0) - 1
+                if n > 0:
+                    self._pins[key] = n
+                else:
+                    self._pins.pop(key, None)
+                    gone.append(key)
+        if gone and not self._closed.is_set() and os.getpid() == self._pid:
+            try:
+                self._native.release(gone)
+            except ConnectionError:
+                pass  # the scheduler frees a gone session's pins itself
+
+    def _check_usable(self) -> None:
         if self._closed.is_set():
             raise StockadeError("the client is closed")
         if os.getpid() != self._pid:
@@ -118,12 +171,17 @@ class Client:
                 f"this Client was created in process {self._pid}; its connection does not survive a fork. "
                 "hint: create a new Client in the child process"
             )
+
+    def submit_pickled(self, payloads: list[bytes], needs: list[list[bytes]] | None = None) -> list[Future]:
+        """Submits already pickled zero-argument callables; ``needs`` lists per
+        payload the keys of the pinned objects it refers to."""
+        self._check_usable()
         futures = [Future() for _ in payloads]
         for f in futures:
             f.set_running_or_notify_cancel()
         # Hold the lock so that no completion arrives before its future is known.
         with self._lock:
-            ids = self._native.submit_many(payloads, _VERSION_HEADER)
+            ids = self._native.submit_many(payloads, _VERSION_HEADER, needs)
             for task_id, f in zip(ids, futures):
                 f.stockade_id = task_id
                 self._futures[task_id] = f
@@ -178,7 +236,8 @@ class Client:
             return  # a forked copy: the connection is the parent's
         self._closed.set()
         self._native.close()
-        self._dispatcher.join(timeout=5)
+        if threading.current_thread() is not self._dispatcher:
+            self._dispatcher.join(timeout=5)
         with self._lock:
             leftover = list(self._futures.values())
             self._futures.clear()

@@ -22,6 +22,14 @@ class ConnectionLost(StockadeError):
     """The connection to the scheduler ended before the task finished."""
 
 
+class PinnedMemoryExceeded(StockadeError):
+    """A worker cannot pin a scattered object within its ``--memory-limit``."""
+
+
+class DataLost(StockadeError):
+    """A pinned object a task needs is gone (or could not be stored or sent)."""
+
+
 class RemoteTraceback(Exception):
     """Carries the traceback text of an exception raised on a worker; it is attached as
     the ``__cause__`` of the re-raised exception, as ``concurrent.futures`` does."""
@@ -40,6 +48,8 @@ _BY_KIND = {
     "Rejected": TaskRejected,
     "ConnectionLost": ConnectionLost,
     "Closed": ConnectionLost,
+    "PinnedMemoryExceeded": PinnedMemoryExceeded,
+    "DataLost": DataLost,
 }
 
 

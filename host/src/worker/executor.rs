@@ -4,15 +4,20 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::proto::{Assignment, Builtin, ErrorKind, Outcome, TaskError, TaskKind};
+use crate::proto::{Assignment, Builtin, ErrorKind, ObjectKey, Outcome, TaskError, TaskKind};
+use crate::store::SharedPinned;
 
 /// A boxed, sendable outcome future.
 pub type OutcomeFuture = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
 
 /// Runs attempts of some task kinds.
 pub trait Executor: Send + Sync + 'static {
-    /// Runs one attempt. Dropping the future stops it.
-    fn run(&self, assignment: Assignment) -> OutcomeFuture;
+    /// Runs one attempt with the pinned objects it needs (in the order of
+    /// `assignment.needs`). Dropping the future stops it.
+    fn run(&self, assignment: Assignment, pins: Vec<SharedPinned>) -> OutcomeFuture;
+
+    /// The worker dropped an object: let go of anything derived from it.
+    fn forget(&self, _tenant: &str, _key: &ObjectKey) {}
 }
 
 /// The built-in kinds: `noop`, `sleep`, `echo`, `fail`.
@@ -20,7 +25,7 @@ pub trait Executor: Send + Sync + 'static {
 pub struct BuiltinExecutor;
 
 impl Executor for BuiltinExecutor {
-    fn run(&self, assignment: Assignment) -> OutcomeFuture {
+    fn run(&self, assignment: Assignment, _pins: Vec<SharedPinned>) -> OutcomeFuture {
         match assignment.kind {
             TaskKind::Builtin(Builtin::Noop) => Box::pin(std::future::ready(Outcome::Ok(Vec::new()))),
             TaskKind::Builtin(Builtin::Echo) => Box::pin(std::future::ready(Outcome::Ok(assignment.payload))),
@@ -64,10 +69,14 @@ pub struct Executors {
 }
 
 impl Executor for Executors {
-    fn run(&self, assignment: Assignment) -> OutcomeFuture {
+    fn run(&self, assignment: Assignment, pins: Vec<SharedPinned>) -> OutcomeFuture {
         match assignment.kind {
-            TaskKind::Builtin(_) => self.builtin.run(assignment),
-            TaskKind::Python => self.python.run(assignment),
+            TaskKind::Builtin(_) => self.builtin.run(assignment, pins),
+            TaskKind::Python => self.python.run(assignment, pins),
         }
+    }
+
+    fn forget(&self, tenant: &str, key: &ObjectKey) {
+        self.python.forget(tenant, key);
     }
 }
