@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -92,15 +91,22 @@ fn kind_name(kind: ErrorKind) -> &'static str {
     }
 }
 
-/// The bytes of a contiguous buffer, readable without the GIL while `buffer` lives.
-fn bytes_of(buffer: &PyBuffer<u8>) -> PyResult<&[u8]> {
-    if !buffer.is_c_contiguous() {
-        return Err(PyValueError::new_err("scatter needs contiguous buffers"));
+/// A block of memory the Python caller keeps alive for the duration of the call:
+/// `(address, length)`. (The buffer protocol is not in the stable ABI before Python
+/// 3.11, so the package passes addresses it took from numpy or ctypes.)
+type RawBlock = (usize, usize);
+
+/// The bytes of a block.
+///
+/// # Safety
+/// `block` must describe readable memory that stays valid and unmodified while the
+/// slice is used (the private `_scatter` module guarantees it by holding the objects).
+unsafe fn bytes_of<'a>(block: RawBlock) -> &'a [u8] {
+    if block.1 == 0 {
+        return &[];
     }
-    // SAFETY: the buffer is contiguous and `buffer` keeps its exporter alive for the
-    // slice's lifetime; concurrent mutation by Python code is the caller's business, as
-    // with any buffer read with the GIL released.
-    Ok(unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) })
+    // SAFETY: the caller's contract above.
+    unsafe { std::slice::from_raw_parts(block.0 as *const u8, block.1) }
 }
 
 fn key_of(raw: &[u8]) -> PyResult<ObjectKey> {
@@ -192,21 +198,27 @@ impl NativeClient {
     }
 
     /// Pins a pickled object (protocol 5) with its out-of-band buffers, each given as
-    /// `(buffer, dtype, shape)`, on every worker; returns `(key, nbytes, workers)`.
-    /// Raises RuntimeError(kind, message) when a worker cannot pin it.
+    /// `((address, length), dtype, shape)` of memory the caller keeps alive, on every
+    /// worker; returns `(key, nbytes, workers)`. Raises RuntimeError(kind, message)
+    /// when a worker cannot pin it. Private: use `stockade.Client.scatter`.
     #[pyo3(signature = (pickle, buffers, timeout=600.0))]
     fn scatter<'py>(
         &self,
         py: Python<'py>,
-        pickle: PyBuffer<u8>,
-        buffers: Vec<(PyBuffer<u8>, String, Vec<u64>)>,
+        pickle: Bound<'py, PyBytes>,
+        buffers: Vec<(RawBlock, String, Vec<u64>)>,
         timeout: f64,
     ) -> PyResult<(Bound<'py, PyBytes>, u64, u32)> {
-        let pickle_bytes = bytes_of(&pickle)?;
-        let mut blocks = Vec::with_capacity(buffers.len());
-        for (buffer, dtype, shape) in &buffers {
-            blocks.push(Buffer { data: bytes_of(buffer)?, dtype: dtype.clone(), shape: shape.clone() });
-        }
+        let pickle_bytes = pickle.as_bytes();
+        let blocks = buffers
+            .iter()
+            // SAFETY: the private caller holds every buffer for the call (see `bytes_of`).
+            .map(|(block, dtype, shape)| Buffer {
+                data: unsafe { bytes_of(*block) },
+                dtype: dtype.clone(),
+                shape: shape.clone(),
+            })
+            .collect();
         let object = stockade::store::Scattered { pickle: pickle_bytes, buffers: blocks };
         let prepared = py.detach(|| self.client.prepare_object(ObjectKind::Scattered, |w| write_scattered(w, &object)));
         self.pin_prepared(py, prepared.map_err(pin_error)?, timeout)
@@ -218,10 +230,10 @@ impl NativeClient {
     fn scatter_raw<'py>(
         &self,
         py: Python<'py>,
-        data: PyBuffer<u8>,
+        data: Bound<'py, PyBytes>,
         timeout: f64,
     ) -> PyResult<(Bound<'py, PyBytes>, u64, u32)> {
-        let bytes = bytes_of(&data)?;
+        let bytes = data.as_bytes();
         let prepared =
             py.detach(|| self.client.prepare_object(ObjectKind::Raw, |w| std::io::Write::write_all(w, bytes)));
         self.pin_prepared(py, prepared.map_err(pin_error)?, timeout)

@@ -213,6 +213,9 @@ class Client:
                     future.set_exception(_rebuild_exception(data))
                 else:
                     future.set_exception(error_for(kind, message))
+            # Keep no finished future (and what its callbacks reference, e.g. a joblib
+            # backend whose end releases pins) alive until the next completion.
+            future = data = None
             if self._closed.is_set() and self._native.pending() == 0:
                 break
 

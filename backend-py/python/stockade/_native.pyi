@@ -24,7 +24,8 @@ class Client:
         self, pickle: bytes, buffers: list[tuple[memoryview, str, list[int]]], timeout: float = 600.0
     ) -> tuple[bytes, int, int]:
         """Pins a protocol-5 pickle and its out-of-band buffers ``(buffer, dtype,
-        shape)`` on every worker; returns ``(key, nbytes, workers)``. Raises
+        shape)`` (``(address, length)`` of memory the caller keeps alive) on every worker;
+        returns ``(key, nbytes, workers)``. Private: use ``Client.scatter``. Raises
         ``RuntimeError(kind, message)`` when a worker cannot pin it."""
 
     def scatter_raw(self, data: bytes, timeout: float = 600.0) -> tuple[bytes, int, int]:

@@ -11,6 +11,7 @@ with loky's memmaps, read-only).
 
 from __future__ import annotations
 
+import ctypes
 import io
 import pickle
 import sys
@@ -57,13 +58,24 @@ def _contiguous(obj: Any) -> Any:
     return obj
 
 
-def _buffer_meta(buffer: pickle.PickleBuffer) -> tuple[memoryview, str, list[int]]:
+def _block(buffer: pickle.PickleBuffer, keep: list) -> tuple[tuple[int, int], str, list[int]]:
+    """``((address, length), dtype, shape)`` of a buffer; what must stay alive for the
+    address to stay valid goes into ``keep``. (The buffer protocol is not in the stable
+    ABI the native module is built for, so addresses come from numpy, or from a bytes
+    copy for other exporters.)"""
     raw = buffer.raw()
     exporter = memoryview(buffer).obj
     np = sys.modules.get("numpy")
-    if np is not None and isinstance(exporter, np.ndarray):
-        return raw, exporter.dtype.str, [int(d) for d in exporter.shape]
-    return raw, "", []
+    if np is not None:
+        view = np.frombuffer(raw, dtype=np.uint8)
+        keep.append(view)
+        block = (view.__array_interface__["data"][0], view.nbytes)
+        if isinstance(exporter, np.ndarray):
+            return block, exporter.dtype.str, [int(d) for d in exporter.shape]
+        return block, "", []
+    data = bytes(raw)
+    keep.append(data)
+    return (ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0, len(data)), "", []
 
 
 class ObjectSession:
@@ -154,8 +166,9 @@ def pin(native, obj: Any, timeout: float) -> Pinned:
     """Pickles ``obj`` with out-of-band buffers and pins it through ``native``."""
     buffers: list[pickle.PickleBuffer] = []
     data = cloudpickle.dumps(_contiguous(obj), protocol=5, buffer_callback=buffers.append)
+    keep: list = []
     try:
-        key, nbytes, workers = native.scatter(data, [_buffer_meta(b) for b in buffers], timeout)
+        key, nbytes, workers = native.scatter(data, [_block(b, keep) for b in buffers], timeout)
     except RuntimeError as e:
         if len(e.args) == 2:
             raise error_for(*e.args) from None
