@@ -18,7 +18,7 @@ use crate::sandbox::python::{PythonConfig, PythonExecutor};
 use crate::scheduler::{self, state::SchedulerConfig, SchedulerOptions};
 use crate::store::Store;
 use crate::tenancy::Tenants;
-use crate::worker::{self, BuiltinExecutor, Executors, WorkerOptions};
+use crate::worker::{self, pins::human, BuiltinExecutor, Executors, WorkerOptions};
 
 /// Stockade: run joblib workloads and WebAssembly tasks on a shared cluster.
 #[derive(Debug, Parser)]
@@ -357,9 +357,35 @@ async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
         info.tasks.queued, info.tasks.running, info.tasks.done, info.tasks.failed
     );
     if !info.workers.is_empty() {
-        println!("\n{:<6} {:<28} {:<22} {:>5} {:>8} {:>10}", "ID", "NAME", "ADDRESS", "SLOTS", "RUNNING", "DONE");
+        println!(
+            "\n{:<6} {:<28} {:<22} {:>5} {:>8} {:>10} {:>11}",
+            "ID", "NAME", "ADDRESS", "SLOTS", "RUNNING", "DONE", "PINNED"
+        );
         for w in &info.workers {
-            println!("{:<6} {:<28} {:<22} {:>5} {:>8} {:>10}", w.id, w.name, w.address, w.slots, w.running, w.done);
+            println!(
+                "{:<6} {:<28} {:<22} {:>5} {:>8} {:>10} {:>11}",
+                w.id,
+                w.name,
+                w.address,
+                w.slots,
+                w.running,
+                w.done,
+                human(w.pinned_bytes)
+            );
+        }
+    }
+    if !info.pinned.is_empty() {
+        println!("\n{:<18} {:>11} {:>8} {:<12} SESSIONS", "PINNED OBJECT", "SIZE", "WORKERS", "TENANT");
+        for p in &info.pinned {
+            let sessions: Vec<String> = p.sessions.iter().map(u64::to_string).collect();
+            let key = p.key.get(..16).unwrap_or(&p.key);
+            println!(
+                "{key:<18} {:>11} {:>8} {:<12} {}",
+                human(p.nbytes),
+                p.workers.len(),
+                p.tenant,
+                sessions.join(",")
+            );
         }
     }
     Ok(())

@@ -176,11 +176,11 @@ def test_two_sessions_scattering_the_same_object_share_one_pin(cluster):
 
 def test_sklearn_with_scatter_matches_sequential(cluster):
     from sklearn.datasets import load_digits
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
+    from sklearn.svm import SVC
 
     X, y = load_digits(return_X_y=True)
-    model = LogisticRegression(max_iter=200)
+    model = SVC(gamma=0.001)
     want = cross_val_score(model, X, y, cv=4)
     with parallel_backend("stockade", scheduler_host=cluster.address, scatter=[X, y]):
         got = cross_val_score(model, X, y, cv=4, n_jobs=-1)
