@@ -17,7 +17,7 @@ use pyo3::types::PyBytes;
 
 use stockade::client::{Client, ClientError, ClientOptions, Completion, NewTask, PreparedObject};
 use stockade::net::Target;
-use stockade::proto::{ErrorKind, ObjectKey, ObjectKind, Outcome, TaskKind};
+use stockade::proto::{ErrorKind, ObjectKey, ObjectKind, Outcome, TaskKind, WasmCall};
 use stockade::store::{write_scattered, Buffer};
 
 /// Completion status: the task returned (data is the pickled result).
@@ -88,6 +88,10 @@ fn kind_name(kind: ErrorKind) -> &'static str {
         ErrorKind::QuotaExceeded => "QuotaExceeded",
         ErrorKind::Rejected => "Rejected",
         ErrorKind::PinnedMemoryExceeded => "PinnedMemoryExceeded",
+        ErrorKind::Trap => "Trap",
+        ErrorKind::MemoryLimit => "MemoryLimit",
+        ErrorKind::BadModule => "BadModule",
+        ErrorKind::NoSuchTask => "NoSuchTask",
     }
 }
 
@@ -195,6 +199,33 @@ impl NativeClient {
             tasks.push((NewTask { kind: TaskKind::Python, payload, needs: keys }, completion));
         }
         py.detach(|| self.client.submit_with(tasks)).map_err(|e| PyConnectionError::new_err(e.to_string()))
+    }
+
+    /// Submits one WebAssembly task: `task` of the pinned module `module` on `input`
+    /// (JSON); `needs` are the keys of the pinned objects it reads (the module is
+    /// added). Returns the task id; its completion carries the JSON output.
+    fn submit_wasm(
+        &self,
+        py: Python<'_>,
+        module: Vec<u8>,
+        task: String,
+        input: Vec<u8>,
+        needs: Vec<Vec<u8>>,
+    ) -> PyResult<u64> {
+        let module = key_of(&module)?;
+        let mut keys = vec![module];
+        for k in &needs {
+            keys.push(key_of(k)?);
+        }
+        let call = WasmCall { module, task, input };
+        let payload = stockade::proto::frame::encode(&call).map_err(|e| PyValueError::new_err(e.to_string()))?.to_vec();
+        let queue = self.queue.clone();
+        let completion: Completion = Box::new(move |id, result| queue.push(completed(id, result)));
+        let task = NewTask { kind: TaskKind::Wasm, payload, needs: keys };
+        let ids = py
+            .detach(|| self.client.submit_with(vec![(task, completion)]))
+            .map_err(|e| PyConnectionError::new_err(e.to_string()))?;
+        ids.first().copied().ok_or_else(|| PyRuntimeError::new_err("no task id"))
     }
 
     /// Pins a pickled object (protocol 5) with its out-of-band buffers, each given as

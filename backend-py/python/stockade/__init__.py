@@ -23,6 +23,7 @@ from ._errors import (
 )
 from ._scatter import Pinned
 from ._backend import StockadeBackend, register
+from . import wasm
 
 __all__ = [
     "Client",
@@ -38,6 +39,7 @@ __all__ = [
     "PinnedMemoryExceeded",
     "DataLost",
     "register",
+    "wasm",
 ]
 
 register()

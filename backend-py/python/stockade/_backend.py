@@ -7,12 +7,14 @@ import os
 import threading
 import time
 import weakref
+from concurrent.futures import Future
 
 from joblib import register_parallel_backend
 from joblib.parallel import AutoBatchingMixin, ParallelBackendBase
 
 from ._client import Client
 from ._cluster import LocalCluster
+from . import wasm as _wasm
 from ._errors import StockadeError
 from ._scatter import DEFAULT_AUTO_SCATTER, ObjectSession
 
@@ -112,7 +114,12 @@ class StockadeBackend(AutoBatchingMixin, ParallelBackendBase):
         return self.effective_n_jobs(n_jobs)
 
     def submit(self, func, callback=None):
-        future = self.client.submit_calls([func], self._objects)[0]
+        items = getattr(func, "items", None)
+        if items and all(isinstance(f, _wasm.Task) for f, _, _ in items):
+            # A batch of WebAssembly calls runs in sandboxes, one task per call.
+            future = _gather([self.client.submit_wasm(f, a, k) for f, a, k in items])
+        else:
+            future = self.client.submit_calls([func], self._objects)[0]
         with self._outstanding_lock:
             self._outstanding.add(future)
 
@@ -144,6 +151,30 @@ class StockadeBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def __reduce__(self):
         raise StockadeError("the stockade backend cannot be pickled into a task")
+
+
+def _gather(futures: list[Future]) -> Future:
+    """One future for a batch: the list of results, or the first exception."""
+    batch = Future()
+    batch.set_running_or_notify_cancel()
+    batch.stockade_parts = futures
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(_):
+        with lock:
+            left[0] -= 1
+            finished = left[0] == 0
+        if finished:
+            errors = [f.exception() for f in futures if f.exception() is not None]
+            if errors:
+                batch.set_exception(errors[0])
+            else:
+                batch.set_result([f.result() for f in futures])
+
+    for f in futures:
+        f.add_done_callback(one_done)
+    return batch
 
 
 def _release(objects: ObjectSession, owned: Client | None) -> None:

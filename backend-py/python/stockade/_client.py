@@ -14,7 +14,9 @@ import cloudpickle
 
 from . import _native
 from ._errors import RemoteTraceback, StockadeError, error_for
+from ._errors import WasmTaskFailed
 from ._scatter import DEFAULT_AUTO_SCATTER, ObjectSession, Pinned, pin
+from . import wasm as _wasm
 
 _DONE, _RAISED = 0, 1
 
@@ -100,6 +102,7 @@ class Client:
         self._pins: dict[bytes, int] = {}
         self._pins_lock = threading.Lock()
         self._objects = ObjectSession(self, auto_scatter)
+        self._modules: dict[str, bytes] = {}
         self._futures: dict[int, Future] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -109,7 +112,10 @@ class Client:
     # -- submission --------------------------------------------------------------
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
-        """Runs ``fn(*args, **kwargs)`` on the cluster."""
+        """Runs ``fn(*args, **kwargs)`` on the cluster (in a WebAssembly sandbox when
+        ``fn`` is a ``stockade.wasm.Task``)."""
+        if isinstance(fn, _wasm.Task):
+            return self.submit_wasm(fn, args, kwargs)
         call = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
         return self.submit_calls([call], self._objects)[0]
 
@@ -122,6 +128,29 @@ class Client:
         replaced by reference, and submits them."""
         pickled = [objects.dumps(call) for call in calls]
         return self.submit_pickled([p for p, _ in pickled], [n for _, n in pickled])
+
+    def submit_wasm(self, task: "_wasm.Task", args: tuple, kwargs: dict) -> Future:
+        """Runs a WebAssembly task on ``task.encode(args, kwargs)``; the future's result
+        is the task's decoded JSON output."""
+        self._check_usable()
+        module = self._module_key(task.module)
+        data, needs = task.encode(args, kwargs)
+        future = Future()
+        future.set_running_or_notify_cancel()
+        future.stockade_wasm = True
+        with self._lock:
+            task_id = self._native.submit_wasm(module, task.name, data, needs)
+            future.stockade_id = task_id
+            self._futures[task_id] = future
+        return future
+
+    def _module_key(self, module: "_wasm.Module") -> bytes:
+        """Pins a module once per client; returns its key."""
+        key = self._modules.get(module.digest)
+        if key is None:
+            key, _, _ = self._native.scatter_raw(module.data)
+            self._modules[module.digest] = key
+        return key
 
     # -- scatter -------------------------------------------------------------------
 
@@ -189,6 +218,7 @@ class Client:
 
     def cancel(self, futures: Iterable[Future]) -> None:
         """Cancels tasks on the cluster; their futures fail with ``TaskCancelled``."""
+        futures = [p for f in futures for p in getattr(f, "stockade_parts", [f])]
         ids = [f.stockade_id for f in futures if hasattr(f, "stockade_id") and not f.done()]
         if ids:
             self._native.cancel(ids)
@@ -202,7 +232,14 @@ class Client:
                     future = self._futures.pop(task_id, None)
                 if future is None or future.done():
                     continue
-                if status == _DONE:
+                if getattr(future, "stockade_wasm", False):
+                    if status == _DONE:
+                        future.set_result(_wasm.decode(data))
+                    elif status == _RAISED:
+                        future.set_exception(WasmTaskFailed(message))
+                    else:
+                        future.set_exception(error_for(kind, message))
+                elif status == _DONE:
                     try:
                         value = cloudpickle.loads(data)
                     except Exception as e:

@@ -31,6 +31,10 @@ class Client:
     def scatter_raw(self, data: bytes, timeout: float = 600.0) -> tuple[bytes, int, int]:
         """Pins opaque bytes (a WebAssembly module); returns ``(key, nbytes, workers)``."""
 
+    def submit_wasm(self, module: bytes, task: str, input: bytes, needs: list[bytes]) -> int:
+        """Submits task ``task`` of the pinned module ``module`` on ``input`` (JSON);
+        ``needs`` are keys of pinned objects it reads. Returns the task id."""
+
     def release(self, keys: list[bytes]) -> None:
         """This client no longer needs these pinned objects."""
 

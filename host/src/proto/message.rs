@@ -80,6 +80,20 @@ pub enum TaskKind {
     /// A cloudpickled zero-argument callable, run in a warm CPython child of the
     /// tenant; the result is its cloudpickled return value.
     Python,
+    /// A task of a WebAssembly module, run in a wasmtime sandbox; the payload is a
+    /// [`WasmCall`], the result the task's JSON output.
+    Wasm,
+}
+
+/// The payload of a [`TaskKind::Wasm`] task (an rkyv archive like every message).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct WasmCall {
+    /// Key of the pinned module (it must also be among the task's `needs`).
+    pub module: ObjectKey,
+    /// Name of the task the module exports.
+    pub task: String,
+    /// The task's input (JSON, see `stockade_guest::abi`).
+    pub input: Vec<u8>,
 }
 
 /// Built-in task kinds. They need no executor set-up, which makes them the yardstick
@@ -150,6 +164,14 @@ pub enum ErrorKind {
     Rejected,
     /// A worker cannot pin an object within its pinned-memory limit.
     PinnedMemoryExceeded,
+    /// A WebAssembly task trapped (a guest panic included; the message has it).
+    Trap,
+    /// A WebAssembly task needed more memory (or output) than its limit.
+    MemoryLimit,
+    /// A WebAssembly module is invalid or not a Stockade guest.
+    BadModule,
+    /// A WebAssembly module has no task of that name.
+    NoSuchTask,
 }
 
 /// A task's final outcome, sent to the client that submitted it.

@@ -33,9 +33,9 @@ impl Executor for BuiltinExecutor {
                 ErrorKind::Failed,
                 String::from_utf8_lossy(&assignment.payload).into_owned(),
             ))),
-            TaskKind::Python => Box::pin(std::future::ready(failed(
+            TaskKind::Python | TaskKind::Wasm => Box::pin(std::future::ready(failed(
                 ErrorKind::Rejected,
-                "this executor does not run Python tasks".into(),
+                format!("this executor does not run {:?} tasks", assignment.kind),
             ))),
             TaskKind::Builtin(Builtin::Sleep) => {
                 let millis = std::str::from_utf8(&assignment.payload).ok().and_then(|s| s.trim().parse::<u64>().ok());
@@ -71,7 +71,7 @@ pub struct Executors {
 impl Executor for Executors {
     fn run(&self, assignment: Assignment, pins: Vec<SharedPinned>) -> OutcomeFuture {
         match assignment.kind {
-            TaskKind::Builtin(_) => self.builtin.run(assignment, pins),
+            TaskKind::Builtin(_) | TaskKind::Wasm => self.builtin.run(assignment, pins),
             TaskKind::Python => self.python.run(assignment, pins),
         }
     }
