@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
+use crate::client::NewTask;
 use crate::client::{Client, ClientOptions};
 use crate::net::{self, tls::Identity, SchedulerFile, Target};
-use crate::proto::{Builtin, Outcome, TaskKind};
+use crate::proto::{Builtin, ObjectKind, Outcome, TaskKind, WasmCall};
 use crate::sandbox::python::{PythonConfig, PythonExecutor};
 use crate::scheduler::{self, state::SchedulerConfig, SchedulerOptions};
 use crate::store::Store;
@@ -38,6 +39,8 @@ enum Command {
     Status(StatusArgs),
     /// Run built-in tasks through a scheduler and print throughput and latency.
     Bench(BenchArgs),
+    /// Run one task of a WebAssembly module on the cluster and print its JSON output.
+    Run(RunArgs),
 }
 
 /// How to reach a scheduler; shared by every command that connects.
@@ -148,6 +151,32 @@ struct WorkerArgs {
 }
 
 #[derive(Debug, Args)]
+struct RunArgs {
+    /// The module (a `wasm32-wasip1` guest built with stockade-guest).
+    module: PathBuf,
+    /// The task to run (a `#[stockade_guest::task]` function).
+    task: String,
+    /// JSON input: a file, or `-` for standard input (default: `null`).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Scheduler address, HOST:PORT (optional with --scheduler-file).
+    #[arg(long)]
+    scheduler: Option<String>,
+    /// Scheduler file written by `stockade scheduler --scheduler-file`.
+    #[arg(long, env = "STOCKADE_SCHEDULER_FILE")]
+    scheduler_file: Option<PathBuf>,
+    /// Access token (default: the one in the scheduler file).
+    #[arg(long, env = "STOCKADE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Verify the scheduler with this CA (PEM) instead of a pinned fingerprint.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Seconds to wait for the scheduler.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+}
+
+#[derive(Debug, Args)]
 struct StatusArgs {
     #[command(flatten)]
     connect: Connect,
@@ -214,6 +243,7 @@ where
             Command::Worker(args) => run_worker(args).await,
             Command::Status(args) => run_status(args).await,
             Command::Bench(args) => run_bench(args).await,
+            Command::Run(args) => run_wasm(args).await,
         }
     });
     match result {
@@ -389,6 +419,47 @@ async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn run_wasm(args: RunArgs) -> anyhow::Result<()> {
+    let module = std::fs::read(&args.module)
+        .with_context(|| format!("cannot read {}; hint: build the guest for wasm32-wasip1", args.module.display()))?;
+    let input = match &args.input {
+        None => b"null".to_vec(),
+        Some(path) if path.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).context("cannot read the input")?;
+            buf
+        }
+        Some(path) => std::fs::read(path).with_context(|| format!("cannot read the input {}", path.display()))?,
+    };
+    serde_json::from_slice::<serde_json::Value>(&input).context("the input is not JSON")?;
+    let connect = Connect {
+        scheduler: args.scheduler,
+        scheduler_file: args.scheduler_file,
+        token: args.token,
+        ca_file: args.ca_file,
+        timeout: args.timeout,
+    };
+    let client = connect_client(&connect, "run").await?;
+    let prepared = client.prepare_object(ObjectKind::Raw, |w| std::io::Write::write_all(w, &module))?;
+    let key = prepared.key();
+    client.pin(prepared, Duration::from_secs(600)).await?;
+    let payload = crate::proto::frame::encode(&WasmCall { module: key, task: args.task, input })?.to_vec();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let completion: crate::client::Completion = Box::new(move |_, r| {
+        let _ = tx.send(r);
+    });
+    client.submit_with(vec![(NewTask { kind: TaskKind::Wasm, payload, needs: vec![key] }, completion)])?;
+    let outcome = rx.await.map_err(|_| anyhow::anyhow!("the client stopped"))??;
+    client.close().await;
+    match outcome {
+        Outcome::Ok(output) => {
+            println!("{}", String::from_utf8_lossy(&output));
+            Ok(())
+        }
+        Outcome::Err(e) => bail!("{:?}: {}", e.kind, e.message),
+    }
 }
 
 fn builtin(kind: &str) -> anyhow::Result<Builtin> {
