@@ -74,13 +74,12 @@ pub const TASK_FAILED: i32 = 1;
 /// What [`PINNED_LEN`] and [`PINNED_READ`] return for a key that is not pinned.
 pub const PINNED_ABSENT: i64 = -1;
 
-/// The alignment, in bytes, of the guest buffer that receives a pinned archive (the
-/// alignment of the buffers inside scattered archives, so SIMD-friendly views stay
-/// aligned).
-pub const PINNED_ALIGN: usize = 64;
+/// The alignment, in bytes, of the guest buffer that receives a pinned archive: the
+/// alignment of the blocks inside scattered archives, which therefore stay aligned.
+pub const PINNED_ALIGN: usize = crate::archive::ALIGN;
 
 /// The size of a [`Key`] in guest memory and on the wire.
-pub const KEY_BYTES: usize = 32;
+pub const KEY_BYTES: usize = crate::archive::KEY_LEN;
 
 /// The export name of task `task`.
 pub fn task_export_name(task: &str) -> String {
@@ -164,7 +163,8 @@ host_imports! {
     PINNED_READ = fn pinned_read(key: *const u8, dst: *mut u8, len: i32) -> i32;
 }
 
-/// A content hash (blake3, 32 bytes) naming a pinned object or a module.
+/// A content hash (blake3, 32 bytes) naming a pinned object or a module: the bytes of
+/// [`archive::Key`](crate::archive::Key) with a text form.
 ///
 /// Written as 64 hexadecimal digits in text and JSON.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -7,6 +7,8 @@
 //! - [`Key`]: the content hash naming a pinned object.
 //! - [`abi`]: the guest ABI (host imports, exports, version, encoding), the one definition
 //!   that the SDK and the host share.
+//! - [`archive`]: the layout of pinned objects ([`archive::Scattered`]), shared by the
+//!   host, the Python client and guests; [`matrix`] views the numeric arrays in them.
 //!
 //! A guest is a `cdylib` crate:
 //!
@@ -75,11 +77,14 @@
 //! ```
 
 pub mod abi;
+pub mod archive;
+pub mod matrix;
 mod pinned;
 #[cfg(target_arch = "wasm32")]
 mod rt;
 
 pub use abi::{Key, KeyParseError};
+pub use matrix::{pinned_matrix, Matrix};
 pub use pinned::{pinned, pinned_bytes, PinError};
 pub use stockade_guest_macros::task;
 
