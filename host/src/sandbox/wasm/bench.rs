@@ -56,18 +56,21 @@ pub struct BenchReport {
     pub threads: usize,
     /// Complete no-op calls ([`WasmSandbox::call`]) per second, over all threads.
     pub noop_calls_per_second: f64,
+    /// CPU time of the process per no-op call (steadier than the rate on a busy machine).
+    pub noop_cpu_per_call: Duration,
     /// Each compute kernel's median run time with and without epoch interruption.
     pub kernels: Vec<KernelTimes>,
 }
 
-/// One compute kernel's run times on the two engines.
+/// One compute kernel's median CPU time (of the calling thread, so other processes on a
+/// busy machine disturb it less) on the two engines.
 #[derive(Debug, Clone)]
 pub struct KernelTimes {
     /// What the kernel computes.
-    pub name: &'static str,
-    /// Median run time with epoch interruption (as tasks run).
+    pub name: String,
+    /// Median CPU time of a run with epoch interruption (as tasks run).
     pub with_epochs: Duration,
-    /// Median run time without it.
+    /// Median CPU time of a run without it.
     pub without_epochs: Duration,
 }
 
@@ -87,11 +90,17 @@ impl fmt::Display for BenchReport {
             micros(self.instantiate_median),
             micros(self.instantiate_p90)
         )?;
-        writeln!(f, "no-op calls on {} threads: {:.0} calls/s", self.threads, self.noop_calls_per_second)?;
+        writeln!(
+            f,
+            "no-op calls on {} threads: {:.0} calls/s, {:.1} µs of CPU per call",
+            self.threads,
+            self.noop_calls_per_second,
+            micros(self.noop_cpu_per_call)
+        )?;
         for kernel in &self.kernels {
             writeln!(
                 f,
-                "epoch interruption on {}: {:.1} ms with, {:.1} ms without, overhead {:+.1} %",
+                "epoch interruption on {}: {:.1} ms of CPU with, {:.1} ms without, overhead {:+.1} %",
                 kernel.name,
                 kernel.with_epochs.as_secs_f64() * 1e3,
                 kernel.without_epochs.as_secs_f64() * 1e3,
@@ -120,7 +129,7 @@ pub fn bench(options: &BenchOptions) -> Result<BenchReport, WasmError> {
     let key = *blake3::hash(&wasm).as_bytes();
     let limits =
         WasmLimits { instances: u32::try_from(options.threads + 2).unwrap_or(u32::MAX), ..WasmLimits::default() };
-    let sandbox = WasmSandbox::new(limits.clone())?;
+    let sandbox = WasmSandbox::new(limits)?;
     let module = sandbox.module(key, &wasm)?;
     let pins: Arc<dyn Pins> = Arc::new(NoPins);
 
@@ -131,7 +140,7 @@ pub fn bench(options: &BenchOptions) -> Result<BenchReport, WasmError> {
     setups.sort();
     let percentile = |p: usize| setups.get(setups.len() * p / 100).copied().unwrap_or_default();
 
-    let started = Instant::now();
+    let (started, cpu_started) = (Instant::now(), cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID));
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..options.threads)
             .map(|_| {
@@ -147,18 +156,15 @@ pub fn bench(options: &BenchOptions) -> Result<BenchReport, WasmError> {
                 .unwrap_or_else(|_| Err(WasmError::Trap { message: "a benchmark thread panicked".to_string() }))
         })
     })?;
-    let calls = (options.threads * options.calls_per_thread) as f64;
-    let noop_calls_per_second = calls / started.elapsed().as_secs_f64();
+    let calls = options.threads * options.calls_per_thread;
+    let noop_calls_per_second = calls as f64 / started.elapsed().as_secs_f64();
+    let noop_cpu_per_call = cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID).saturating_sub(cpu_started) / calls.max(1) as u32;
 
-    let without = WasmSandbox::with_options(limits, EngineOptions { epoch_interruption: false })?;
-    let module_without = without.module(key, &wasm)?;
     let input = options.compute_repetitions.to_le_bytes();
-    let mut kernels = Vec::new();
-    for (task, name) in KERNELS {
-        let with_epochs = median_run(&sandbox, &module, task, &input, options.compute_runs)?;
-        let without_epochs = median_run(&without, &module_without, task, &input, options.compute_runs)?;
-        kernels.push(KernelTimes { name, with_epochs, without_epochs });
-    }
+    let kernels = KERNELS
+        .into_iter()
+        .map(|(task, name)| epoch_overhead(name, &wasm, task, &input, Arc::clone(&pins), options.compute_runs))
+        .collect::<Result<_, _>>()?;
 
     Ok(BenchReport {
         pooling: sandbox.pooling(),
@@ -166,28 +172,53 @@ pub fn bench(options: &BenchOptions) -> Result<BenchReport, WasmError> {
         instantiate_p90: percentile(90),
         threads: options.threads,
         noop_calls_per_second,
+        noop_cpu_per_call,
         kernels,
     })
 }
 
-/// The median time of `runs` calls (after one warm-up call).
-fn median_run(
-    sandbox: &WasmSandbox,
-    module: &WasmModule,
+/// The cost of epoch interruption on one task of any guest: the median CPU time of
+/// `runs` calls in a sandbox with default limits, and in one whose engine does not
+/// instrument code with epoch checks.
+///
+/// # Errors
+///
+/// What loading the module or calling the task returns.
+pub fn epoch_overhead(
+    name: &str,
+    wasm: &[u8],
     task: &str,
     input: &[u8],
+    pins: Arc<dyn Pins>,
     runs: usize,
-) -> Result<Duration, WasmError> {
-    let pins: Arc<dyn Pins> = Arc::new(NoPins);
-    sandbox.call(module, task, input, Arc::clone(&pins))?;
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs.max(1) {
-        let started = Instant::now();
-        sandbox.call(module, task, input, Arc::clone(&pins))?;
-        times.push(started.elapsed());
+) -> Result<KernelTimes, WasmError> {
+    let limits = WasmLimits { instances: 2, ..WasmLimits::default() };
+    let key = *blake3::hash(wasm).as_bytes();
+    let mut medians = [Duration::ZERO; 2];
+    for (median, epoch_interruption) in medians.iter_mut().zip([true, false]) {
+        let sandbox = WasmSandbox::with_options(limits.clone(), EngineOptions { epoch_interruption })?;
+        let module = sandbox.module(key, wasm)?;
+        sandbox.call(&module, task, input, Arc::clone(&pins))?;
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs.max(1) {
+            let started = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID);
+            sandbox.call(&module, task, input, Arc::clone(&pins))?;
+            times.push(cpu_time(libc::CLOCK_THREAD_CPUTIME_ID).saturating_sub(started));
+        }
+        times.sort();
+        *median = times[times.len() / 2];
     }
-    times.sort();
-    Ok(times[times.len() / 2])
+    Ok(KernelTimes { name: name.to_string(), with_epochs: medians[0], without_epochs: medians[1] })
+}
+
+/// CPU time consumed so far by this thread or process (`clock` is a CPU-time clock).
+fn cpu_time(clock: libc::clockid_t) -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(u64::try_from(now.tv_sec).unwrap_or(0), u32::try_from(now.tv_nsec).unwrap_or(0))
 }
 
 impl WasmSandbox {

@@ -88,6 +88,9 @@ fn pool_config(limits: &WasmLimits) -> PoolingAllocationConfig {
         .max_tables_per_module(1)
         .max_memory_size(limits.memory_bytes)
         .table_elements(TABLE_ELEMENTS);
+    // Freed slots are reset with `madvise` (wasmtime's default). Keeping some memory
+    // resident and rewriting it (`linear_memory_keep_resident`, `pagemap_scan`) measured
+    // no cheaper here: about 6 µs of CPU per no-op call either way.
     pool
 }
 
