@@ -369,6 +369,17 @@ fn calls_from_two_threads_at_once_keep_to_their_inputs() {
     });
 }
 
+#[test]
+fn calls_work_from_tokio_blocking_threads() {
+    let _process = together();
+    // The worker's way: WASI's host calls (here the guest's prints) run inside tokio.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+    let result =
+        runtime.block_on(async { tokio::task::spawn_blocking(|| call("scribble_then_trap", r#""tokio""#)).await });
+    let message = trap_message(result.unwrap());
+    assert!(message.contains("guest stderr:\nstderr: tokio"), "{message}");
+}
+
 // The ridge example.
 
 /// Pins a numpy-like float64 array the way the Python client scatters it.

@@ -82,7 +82,12 @@ pub enum WasmError {
     },
 }
 
-/// wasmtime's error text with its causes (and the wasm backtrace, when there is one).
+/// wasmtime's error text: what trapped, then the guest's backtrace when there is one.
+/// The host's own backtrace (captured when `RUST_BACKTRACE` is set) is left out: it says
+/// nothing about the guest and is slow to symbolise.
 pub(super) fn describe(err: &wasmtime::Error) -> String {
-    format!("{err:?}")
+    match err.downcast_ref::<wasmtime::WasmBacktrace>() {
+        Some(backtrace) => format!("{}\n{backtrace}", err.root_cause()),
+        None => format!("{err:#}"),
+    }
 }

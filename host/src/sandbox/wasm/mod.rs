@@ -15,7 +15,8 @@
 //! Threads: [`WasmSandbox::call`] blocks and may run on many threads at once; each call
 //! needs its thread to have at least [`WasmLimits::stack_bytes`] plus 256 KiB of free
 //! stack (wasm runs on the caller's stack; tokio's blocking threads, 2 MiB, qualify for
-//! the default limits).
+//! the default limits). Call it from plain threads or tokio's `spawn_blocking`, never on
+//! an async task: WASI's host calls block on tokio themselves.
 
 pub mod bench;
 mod engine;
@@ -281,7 +282,9 @@ impl WasmSandbox {
         if !Engine::same(module.pre.module().engine(), &self.engine) {
             return Err(WasmError::BadModule { reason: "it was loaded by another sandbox".to_string() });
         }
-        if input.len() > self.limits.memory_bytes {
+        // An input cannot fill the whole memory (this also keeps its length within the
+        // ABI's 32 bits).
+        if input.len() >= self.limits.memory_bytes {
             return Err(WasmError::MemoryLimit { limit: self.limits.memory_bytes });
         }
         let mut store = self.store(CallState::new(&self.limits, input.to_vec(), pins));
