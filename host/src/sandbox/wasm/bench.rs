@@ -196,7 +196,10 @@ pub fn epoch_overhead(
     let key = *blake3::hash(wasm).as_bytes();
     let mut medians = [Duration::ZERO; 2];
     for (median, epoch_interruption) in medians.iter_mut().zip([true, false]) {
-        let sandbox = WasmSandbox::with_options(limits.clone(), EngineOptions { epoch_interruption })?;
+        let sandbox = WasmSandbox::with_options(
+            limits.clone(),
+            EngineOptions { epoch_interruption, ..EngineOptions::default() },
+        )?;
         let module = sandbox.module(key, wasm)?;
         sandbox.call(&module, task, input, Arc::clone(&pins))?;
         let mut times = Vec::with_capacity(runs);

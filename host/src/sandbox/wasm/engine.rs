@@ -9,19 +9,25 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllo
 use super::store::TABLE_ELEMENTS;
 use super::{WasmError, WasmLimits};
 
+/// The guard region after each memory allocated on demand.
+const GUARD_BYTES: u64 = 64 << 10;
+
 /// How often the epoch advances: the granularity of wall-time limits.
 pub(super) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// How the engine is built; the benchmark turns epoch interruption off to measure it.
+/// How the engine is built; the benchmark turns epoch interruption off to measure it,
+/// tests force the on-demand fallback.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct EngineOptions {
     /// Instrument compiled code with epoch checks (needed for wall-time limits).
     pub(super) epoch_interruption: bool,
+    /// Try the pooling allocator first (else go straight to on-demand allocation).
+    pub(super) try_pooling: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { epoch_interruption: true }
+        EngineOptions { epoch_interruption: true, try_pooling: true }
     }
 }
 
@@ -35,19 +41,27 @@ pub(super) struct BuiltEngine {
 /// Builds the engine: pooling when the probe succeeds, on-demand allocation otherwise
 /// (the reason is logged).
 pub(super) fn build(limits: &WasmLimits, options: EngineOptions) -> Result<BuiltEngine, WasmError> {
-    let mut config = untrusted_config(limits, options);
-    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(limits)));
-    // The probe: creating a pooling engine reserves the whole pool's address space up
-    // front, which fails where virtual memory is limited (ulimit -v, some containers).
-    match Engine::new(&config) {
-        Ok(engine) => return Ok(BuiltEngine { engine, pooling: true }),
-        Err(err) => tracing::warn!(
-            reason = %format!("{err:#}"),
-            "wasm: the pooling instance allocator is unavailable; allocating instances on demand (slower instantiation)"
-        ),
+    if options.try_pooling {
+        let mut config = untrusted_config(limits, options);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(limits)));
+        // The probe: creating a pooling engine reserves the whole pool's address space up
+        // front, which fails where virtual memory is limited (ulimit -v, some containers).
+        match Engine::new(&config) {
+            Ok(engine) => return Ok(BuiltEngine { engine, pooling: true }),
+            Err(err) => tracing::warn!(
+                reason = %format!("{err:#}"),
+                "wasm: the pooling instance allocator is unavailable; allocating instances on demand (slower instantiation)"
+            ),
+        }
     }
     let mut config = untrusted_config(limits, options);
-    config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+    // Where address space is short, reserve only what the limit allows per memory (with
+    // explicit bounds checks instead of 4 GiB of guard region).
+    config
+        .allocation_strategy(InstanceAllocationStrategy::OnDemand)
+        .memory_reservation(limits.memory_bytes as u64)
+        .memory_reservation_for_growth(0)
+        .memory_guard_size(GUARD_BYTES);
     let engine = Engine::new(&config).map_err(|err| WasmError::Engine { reason: format!("{err:#}") })?;
     Ok(BuiltEngine { engine, pooling: false })
 }

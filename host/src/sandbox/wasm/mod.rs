@@ -534,3 +534,78 @@ impl ModuleCache {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guest written against the ABI by hand: one task per limit.
+    fn limits_module() -> Vec<u8> {
+        let text = format!(
+            r#"(module
+              (memory (export "{memory}") 1)
+              (func (export "{version_export}") (result i32) (i32.const {version}))
+              (func (export "{prefix}noop") (result i32) (i32.const {ok}))
+              (func (export "{prefix}grow") (result i32)
+                (loop $more (br_if $more (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))
+                (i32.const {ok}))
+              (func (export "{prefix}spin") (result i32) (loop $forever (br $forever)) (i32.const {ok}))
+              (func (export "{prefix}out_of_bounds") (result i32) (i32.load (i32.const -4))))"#,
+            memory = abi::MEMORY_EXPORT,
+            version_export = abi::ABI_VERSION_EXPORT,
+            version = abi::ABI_VERSION,
+            prefix = abi::TASK_EXPORT_PREFIX,
+            ok = abi::TASK_OK,
+        );
+        wat::parse_str(text).unwrap()
+    }
+
+    /// Both allocators (the pooling one when this machine has it) enforce every limit.
+    #[test]
+    fn limits_hold_with_pooled_and_on_demand_instances() {
+        let wasm = limits_module();
+        let limits = WasmLimits {
+            memory_bytes: 2 << 20,
+            wall_time: Duration::from_millis(200),
+            instances: 2,
+            ..WasmLimits::default()
+        };
+        for try_pooling in [true, false] {
+            let options = EngineOptions { try_pooling, ..EngineOptions::default() };
+            let sandbox = WasmSandbox::with_options(limits.clone(), options).unwrap();
+            if !try_pooling {
+                assert!(!sandbox.pooling());
+            }
+            let module = sandbox.module(*blake3::hash(&wasm).as_bytes(), &wasm).unwrap();
+            let call = |task| sandbox.call(&module, task, b"", Arc::new(NoPins));
+            assert_eq!(call("noop"), Ok(Vec::new()));
+            assert_eq!(call("grow"), Err(WasmError::MemoryLimit { limit: limits.memory_bytes }));
+            assert_eq!(call("spin"), Err(WasmError::Timeout { limit: limits.wall_time }));
+            let Err(WasmError::Trap { message }) = call("out_of_bounds") else { panic!("expected a trap") };
+            assert!(message.starts_with("wasm trap: out of bounds memory access"), "{message}");
+        }
+    }
+
+    #[test]
+    fn the_module_cache_evicts_the_oldest_key() {
+        let mut cache = ModuleCache::default();
+        let first = cache.slot([1; 32], 2);
+        assert!(Arc::ptr_eq(&first, &cache.slot([1; 32], 2)));
+        cache.slot([2; 32], 2);
+        cache.slot([3; 32], 2);
+        assert!(!cache.slots.contains_key(&[1; 32]));
+        assert_eq!(cache.order, [[2; 32], [3; 32]]);
+    }
+
+    #[test]
+    fn unusable_limits_are_refused() {
+        for limits in [
+            WasmLimits { memory_bytes: 0, ..WasmLimits::default() },
+            WasmLimits { memory_bytes: (4 << 30) + 1, ..WasmLimits::default() },
+            WasmLimits { instances: 0, ..WasmLimits::default() },
+            WasmLimits { wall_time: Duration::ZERO, ..WasmLimits::default() },
+        ] {
+            assert!(matches!(WasmSandbox::new(limits), Err(WasmError::Engine { .. })));
+        }
+    }
+}
