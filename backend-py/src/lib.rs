@@ -11,13 +11,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyTimeoutError};
+use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use stockade::client::{Client, ClientError, ClientOptions, Completion};
+use stockade::client::{Client, ClientError, ClientOptions, Completion, NewTask, PreparedObject};
 use stockade::net::Target;
-use stockade::proto::{ErrorKind, Outcome, TaskKind};
+use stockade::proto::{ErrorKind, ObjectKey, ObjectKind, Outcome, TaskKind, WasmCall};
+use stockade::store::{write_scattered, Buffer};
 
 /// Completion status: the task returned (data is the pickled result).
 const DONE: u8 = 0;
@@ -86,6 +87,42 @@ fn kind_name(kind: ErrorKind) -> &'static str {
         ErrorKind::DataLost => "DataLost",
         ErrorKind::QuotaExceeded => "QuotaExceeded",
         ErrorKind::Rejected => "Rejected",
+        ErrorKind::PinnedMemoryExceeded => "PinnedMemoryExceeded",
+        ErrorKind::Trap => "Trap",
+        ErrorKind::MemoryLimit => "MemoryLimit",
+        ErrorKind::BadModule => "BadModule",
+        ErrorKind::NoSuchTask => "NoSuchTask",
+    }
+}
+
+/// A block of memory the Python caller keeps alive for the duration of the call:
+/// `(address, length)`. (The buffer protocol is not in the stable ABI before Python
+/// 3.11, so the package passes addresses it took from numpy or ctypes.)
+type RawBlock = (usize, usize);
+
+/// The bytes of a block.
+///
+/// # Safety
+/// `block` must describe readable memory that stays valid and unmodified while the
+/// slice is used (the private `_scatter` module guarantees it by holding the objects).
+unsafe fn bytes_of<'a>(block: RawBlock) -> &'a [u8] {
+    if block.1 == 0 {
+        return &[];
+    }
+    // SAFETY: the caller's contract above.
+    unsafe { std::slice::from_raw_parts(block.0 as *const u8, block.1) }
+}
+
+fn key_of(raw: &[u8]) -> PyResult<ObjectKey> {
+    raw.try_into().map_err(|_| PyValueError::new_err(format!("an object key has 32 bytes, not {}", raw.len())))
+}
+
+/// `(kind, message)` of a failed pin, for the Python side to raise.
+fn pin_error(e: ClientError) -> PyErr {
+    match e {
+        ClientError::Pin { kind, message } => PyRuntimeError::new_err((kind_name(kind), message)),
+        ClientError::Timeout(_) => PyTimeoutError::new_err(e.to_string()),
+        other => PyConnectionError::new_err(other.to_string()),
     }
 }
 
@@ -128,7 +165,8 @@ impl NativeClient {
         let rt = runtime()?;
         let target = Target::resolve(address.as_deref(), scheduler_file.as_deref(), token, None)
             .map_err(|e| PyConnectionError::new_err(e.to_string()))?;
-        let options = ClientOptions { target, name, connect_timeout: Duration::from_secs_f64(timeout.max(0.01)) };
+        let connect_timeout = Duration::from_secs_f64(timeout.max(0.01));
+        let options = ClientOptions { target, name, connect_timeout, share_store: true };
         let client = py
             .detach(|| rt.block_on(Client::connect(options)))
             .map_err(|e| PyConnectionError::new_err(e.to_string()))?;
@@ -138,27 +176,104 @@ impl NativeClient {
     /// Submits pickled zero-argument callables; returns their task ids in order.
     /// Each task's payload is `header` followed by its pickle, assembled here in one
     /// copy (a large argument is not copied again by a concatenation in Python).
-    #[pyo3(signature = (payloads, header=None))]
+    /// `needs` lists, per payload, the keys of the pinned objects it refers to.
+    #[pyo3(signature = (payloads, header=None, needs=None))]
     fn submit_many(
         &self,
         py: Python<'_>,
         payloads: Vec<Bound<'_, PyBytes>>,
         header: Option<&[u8]>,
+        needs: Option<Vec<Vec<Vec<u8>>>>,
     ) -> PyResult<Vec<u64>> {
         let header = header.unwrap_or_default();
-        let tasks: Vec<(TaskKind, Vec<u8>, Completion)> = payloads
+        let mut needs = needs.unwrap_or_default().into_iter();
+        let mut tasks: Vec<(NewTask, Completion)> = Vec::with_capacity(payloads.len());
+        for pickled in &payloads {
+            let pickled = pickled.as_bytes();
+            let mut payload = Vec::with_capacity(header.len() + pickled.len());
+            payload.extend_from_slice(header);
+            payload.extend_from_slice(pickled);
+            let keys = needs.next().unwrap_or_default().iter().map(|k| key_of(k)).collect::<PyResult<Vec<_>>>()?;
+            let queue = self.queue.clone();
+            let completion: Completion = Box::new(move |id, result| queue.push(completed(id, result)));
+            tasks.push((NewTask { kind: TaskKind::Python, payload, needs: keys }, completion));
+        }
+        py.detach(|| self.client.submit_with(tasks)).map_err(|e| PyConnectionError::new_err(e.to_string()))
+    }
+
+    /// Submits one WebAssembly task: `task` of the pinned module `module` on `input`
+    /// (JSON); `needs` are the keys of the pinned objects it reads (the module is
+    /// added). Returns the task id; its completion carries the JSON output.
+    fn submit_wasm(
+        &self,
+        py: Python<'_>,
+        module: Vec<u8>,
+        task: String,
+        input: Vec<u8>,
+        needs: Vec<Vec<u8>>,
+    ) -> PyResult<u64> {
+        let module = key_of(&module)?;
+        let mut keys = vec![module];
+        for k in &needs {
+            keys.push(key_of(k)?);
+        }
+        let call = WasmCall { module, task, input };
+        let payload = stockade::proto::frame::encode(&call).map_err(|e| PyValueError::new_err(e.to_string()))?.to_vec();
+        let queue = self.queue.clone();
+        let completion: Completion = Box::new(move |id, result| queue.push(completed(id, result)));
+        let task = NewTask { kind: TaskKind::Wasm, payload, needs: keys };
+        let ids = py
+            .detach(|| self.client.submit_with(vec![(task, completion)]))
+            .map_err(|e| PyConnectionError::new_err(e.to_string()))?;
+        ids.first().copied().ok_or_else(|| PyRuntimeError::new_err("no task id"))
+    }
+
+    /// Pins a pickled object (protocol 5) with its out-of-band buffers, each given as
+    /// `((address, length), dtype, shape)` of memory the caller keeps alive, on every
+    /// worker; returns `(key, nbytes, workers)`. Raises RuntimeError(kind, message)
+    /// when a worker cannot pin it. Private: use `stockade.Client.scatter`.
+    #[pyo3(signature = (pickle, buffers, timeout=600.0))]
+    fn scatter<'py>(
+        &self,
+        py: Python<'py>,
+        pickle: Bound<'py, PyBytes>,
+        buffers: Vec<(RawBlock, String, Vec<u64>)>,
+        timeout: f64,
+    ) -> PyResult<(Bound<'py, PyBytes>, u64, u32)> {
+        let pickle_bytes = pickle.as_bytes();
+        let blocks = buffers
             .iter()
-            .map(|pickled| {
-                let pickled = pickled.as_bytes();
-                let mut payload = Vec::with_capacity(header.len() + pickled.len());
-                payload.extend_from_slice(header);
-                payload.extend_from_slice(pickled);
-                let queue = self.queue.clone();
-                let completion: Completion = Box::new(move |id, result| queue.push(completed(id, result)));
-                (TaskKind::Python, payload, completion)
+            // SAFETY: the private caller holds every buffer for the call (see `bytes_of`).
+            .map(|(block, dtype, shape)| Buffer {
+                data: unsafe { bytes_of(*block) },
+                dtype: dtype.clone(),
+                shape: shape.clone(),
             })
             .collect();
-        py.detach(|| self.client.submit_with(tasks)).map_err(|e| PyConnectionError::new_err(e.to_string()))
+        let object = stockade::store::Scattered { pickle: pickle_bytes, buffers: blocks };
+        let prepared = py.detach(|| self.client.prepare_object(ObjectKind::Scattered, |w| write_scattered(w, &object)));
+        self.pin_prepared(py, prepared.map_err(pin_error)?, timeout)
+    }
+
+    /// Pins opaque bytes (a WebAssembly module) on every worker; returns
+    /// `(key, nbytes, workers)`.
+    #[pyo3(signature = (data, timeout=600.0))]
+    fn scatter_raw<'py>(
+        &self,
+        py: Python<'py>,
+        data: Bound<'py, PyBytes>,
+        timeout: f64,
+    ) -> PyResult<(Bound<'py, PyBytes>, u64, u32)> {
+        let bytes = data.as_bytes();
+        let prepared =
+            py.detach(|| self.client.prepare_object(ObjectKind::Raw, |w| std::io::Write::write_all(w, bytes)));
+        self.pin_prepared(py, prepared.map_err(pin_error)?, timeout)
+    }
+
+    /// Tells the scheduler this client no longer needs these objects.
+    fn release(&self, keys: Vec<Vec<u8>>) -> PyResult<()> {
+        let keys = keys.iter().map(|k| key_of(k)).collect::<PyResult<Vec<_>>>()?;
+        self.client.release(keys).map_err(|e| PyConnectionError::new_err(e.to_string()))
     }
 
     /// Waits up to `timeout` seconds for finished tasks and returns all there are, as
@@ -217,6 +332,21 @@ impl NativeClient {
         let rt = runtime()?;
         py.detach(|| rt.block_on(self.client.close()));
         Ok(())
+    }
+}
+
+impl NativeClient {
+    fn pin_prepared<'py>(
+        &self,
+        py: Python<'py>,
+        prepared: PreparedObject,
+        timeout: f64,
+    ) -> PyResult<(Bound<'py, PyBytes>, u64, u32)> {
+        let rt = runtime()?;
+        let (key, size) = (prepared.key(), prepared.size());
+        let timeout = Duration::from_secs_f64(timeout.max(0.01));
+        let workers = py.detach(|| rt.block_on(self.client.pin(prepared, timeout))).map_err(pin_error)?;
+        Ok((PyBytes::new(py, &key), size, workers))
     }
 }
 

@@ -16,8 +16,9 @@ use crate::net::{self, tls::Identity, SchedulerFile, Target};
 use crate::proto::{Builtin, Outcome, TaskKind};
 use crate::sandbox::python::{PythonConfig, PythonExecutor};
 use crate::scheduler::{self, state::SchedulerConfig, SchedulerOptions};
+use crate::store::Store;
 use crate::tenancy::Tenants;
-use crate::worker::{self, BuiltinExecutor, Executors, WorkerOptions};
+use crate::worker::{self, pins::human, BuiltinExecutor, Executors, WorkerOptions};
 
 /// Stockade: run joblib workloads and WebAssembly tasks on a shared cluster.
 #[derive(Debug, Parser)]
@@ -108,6 +109,16 @@ struct SchedulerArgs {
     /// A task fails with WorkerLost after this many workers were lost running it.
     #[arg(long, default_value_t = 3)]
     allowed_failures: u32,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+struct StoreArgs {
+    /// Directory of pinned objects (default: /dev/shm/stockade-UID). Processes on one
+    /// machine that use the same directory share pinned objects without copies.
+    #[arg(long, env = "STOCKADE_STORE_DIR")]
+    store_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -129,6 +140,11 @@ struct WorkerArgs {
     /// Replace a Python child whose resident memory exceeds this after a task (e.g. 2GiB).
     #[arg(long, value_parser = parse_bytes)]
     max_child_memory: Option<u64>,
+    /// Bound on the bytes of pinned (scattered) objects this worker holds (e.g. 4GiB).
+    #[arg(long, value_parser = parse_bytes)]
+    memory_limit: Option<u64>,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -276,6 +292,9 @@ async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
             ..SchedulerConfig::default()
         },
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.max(10)),
+        store: Store::open(args.store.store_dir)
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot open the object store"))
+            .ok(),
         ..SchedulerOptions::default()
     };
     scheduler::run(endpoint, options, shutdown_signal()).await;
@@ -303,6 +322,8 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             }),
         }),
         connect_timeout: args.connect.timeout(),
+        store: Store::open(args.store.store_dir)?,
+        memory_limit: args.memory_limit,
     };
     worker::run(options, shutdown_signal(), |id| {
         println!("{}", serde_json::json!({"event": "ready", "worker": id, "name": name, "slots": slots}));
@@ -312,8 +333,12 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 async fn connect_client(connect: &Connect, name: &str) -> anyhow::Result<Client> {
-    let options =
-        ClientOptions { target: connect.target()?, name: name.to_string(), connect_timeout: connect.timeout() };
+    let options = ClientOptions {
+        target: connect.target()?,
+        name: name.to_string(),
+        connect_timeout: connect.timeout(),
+        share_store: true,
+    };
     Ok(Client::connect(options).await?)
 }
 
@@ -332,9 +357,35 @@ async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
         info.tasks.queued, info.tasks.running, info.tasks.done, info.tasks.failed
     );
     if !info.workers.is_empty() {
-        println!("\n{:<6} {:<28} {:<22} {:>5} {:>8} {:>10}", "ID", "NAME", "ADDRESS", "SLOTS", "RUNNING", "DONE");
+        println!(
+            "\n{:<6} {:<28} {:<22} {:>5} {:>8} {:>10} {:>11}",
+            "ID", "NAME", "ADDRESS", "SLOTS", "RUNNING", "DONE", "PINNED"
+        );
         for w in &info.workers {
-            println!("{:<6} {:<28} {:<22} {:>5} {:>8} {:>10}", w.id, w.name, w.address, w.slots, w.running, w.done);
+            println!(
+                "{:<6} {:<28} {:<22} {:>5} {:>8} {:>10} {:>11}",
+                w.id,
+                w.name,
+                w.address,
+                w.slots,
+                w.running,
+                w.done,
+                human(w.pinned_bytes)
+            );
+        }
+    }
+    if !info.pinned.is_empty() {
+        println!("\n{:<18} {:>11} {:>8} {:<12} SESSIONS", "PINNED OBJECT", "SIZE", "WORKERS", "TENANT");
+        for p in &info.pinned {
+            let sessions: Vec<String> = p.sessions.iter().map(u64::to_string).collect();
+            let key = p.key.get(..16).unwrap_or(&p.key);
+            println!(
+                "{key:<18} {:>11} {:>8} {:<12} {}",
+                human(p.nbytes),
+                p.workers.len(),
+                p.tenant,
+                sessions.join(",")
+            );
         }
     }
     Ok(())

@@ -72,7 +72,12 @@ async fn wrong_token_is_rejected() {
     assert!(reason.contains("token was not accepted"), "{reason}");
     // A worker with a bad token is refused the same way and never gets work.
     let (code, _) = rejected(
-        dial(&target, Peer::Worker(stockade::proto::WorkerHello { name: "intruder".into(), slots: 4 }), WAIT).await,
+        dial(
+            &target,
+            Peer::Worker(stockade::proto::WorkerHello { name: "intruder".into(), slots: 4, store_id: String::new() }),
+            WAIT,
+        )
+        .await,
     );
     assert_eq!(code, Some(CloseCode::Unauthorized));
     still_serving(&cluster).await;
@@ -146,8 +151,12 @@ async fn an_oversized_frame_is_refused_before_allocation() {
 async fn a_truncated_archive_is_refused() {
     let cluster = Cluster::start(1, 1, &[]);
     let connected = dial(&cluster.target(), client_peer(), WAIT).await.expect("dial");
-    let msg =
-        FromClient::Submit(vec![TaskSpec { id: 1, kind: TaskKind::Builtin(Builtin::Echo), payload: vec![7; 100] }]);
+    let msg = FromClient::Submit(vec![TaskSpec {
+        id: 1,
+        kind: TaskKind::Builtin(Builtin::Echo),
+        payload: vec![7; 100],
+        needs: vec![],
+    }]);
     let bytes = encode(&msg).expect("encode");
     let cut = &bytes[..bytes.len() - 9];
     let mut frame = (cut.len() as u32).to_le_bytes().to_vec();

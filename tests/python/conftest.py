@@ -106,9 +106,10 @@ def make_cluster(request):
     started: list[stockade.LocalCluster] = []
     request.node.stash[_clusters_key] = started
 
-    def make(n_workers: int = 2, slots_per_worker: int = 1, scheduler_args=FAST_HEARTBEAT) -> stockade.LocalCluster:
+    def make(n_workers: int = 2, slots_per_worker: int = 1, scheduler_args=FAST_HEARTBEAT,
+             **kwargs) -> stockade.LocalCluster:
         c = stockade.LocalCluster(n_workers=n_workers, slots_per_worker=slots_per_worker,
-                                  scheduler_args=tuple(scheduler_args))
+                                  scheduler_args=tuple(scheduler_args), **kwargs)
         started.append(c)
         return c
 

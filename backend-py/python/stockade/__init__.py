@@ -13,13 +13,17 @@ from ._client import Client
 from ._cluster import LocalCluster
 from ._errors import (
     ConnectionLost,
+    DataLost,
+    PinnedMemoryExceeded,
     RemoteTraceback,
     StockadeError,
     TaskCancelled,
     TaskRejected,
     WorkerLost,
 )
+from ._scatter import Pinned
 from ._backend import StockadeBackend, register
+from . import wasm
 
 __all__ = [
     "Client",
@@ -31,7 +35,11 @@ __all__ = [
     "TaskRejected",
     "ConnectionLost",
     "RemoteTraceback",
+    "Pinned",
+    "PinnedMemoryExceeded",
+    "DataLost",
     "register",
+    "wasm",
 ]
 
 register()

@@ -6,14 +6,17 @@ import atexit
 import os
 import threading
 import time
+import weakref
+from concurrent.futures import Future
 
-import cloudpickle
 from joblib import register_parallel_backend
 from joblib.parallel import AutoBatchingMixin, ParallelBackendBase
 
 from ._client import Client
 from ._cluster import LocalCluster
+from . import wasm as _wasm
 from ._errors import StockadeError
+from ._scatter import DEFAULT_AUTO_SCATTER, ObjectSession
 
 _default_lock = threading.Lock()
 # (pid, cluster, client) of the process's embedded cluster. A forked child inherits the
@@ -50,6 +53,12 @@ class StockadeBackend(AutoBatchingMixin, ParallelBackendBase):
     ``scatter``, ``client``, ``wait_for_workers_timeout``; plus ``scheduler_file`` and
     ``token``. With none of ``scheduler_host``, ``scheduler_file`` or ``client``, an
     embedded local cluster is started once per process.
+
+    ``scatter=[X, y]`` pins those objects on every worker when the backend is made;
+    batches then refer to them by key wherever they appear in the arguments. Other
+    numpy arrays of at least ``auto_scatter`` bytes (1 MiB; ``None`` turns it off) are
+    pinned on first use. The pins are released when the backend goes away (the end of
+    its ``with`` block).
     """
 
     default_n_jobs = -1
@@ -58,16 +67,21 @@ class StockadeBackend(AutoBatchingMixin, ParallelBackendBase):
     supports_sharedmem = False
 
     def __init__(self, scheduler_host=None, scheduler_file=None, client=None, token=None, scatter=None,
-                 wait_for_workers_timeout=10.0, nesting_level=None, inner_max_num_threads=None, **kwargs):
+                 wait_for_workers_timeout=10.0, nesting_level=None, inner_max_num_threads=None,
+                 auto_scatter=DEFAULT_AUTO_SCATTER, **kwargs):
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads, **kwargs)
+        owned = None
         if client is None:
             if scheduler_host is not None or scheduler_file is not None:
-                client = Client(scheduler_host, scheduler_file=scheduler_file, token=token, name="joblib")
+                client = owned = Client(scheduler_host, scheduler_file=scheduler_file, token=token, name="joblib")
             else:
                 client = _default_client()
         self.client = client
-        # Until scatter lands, scattered objects simply travel inside each batch.
-        self.scatter = list(scatter) if scatter is not None else []
+        self._objects = ObjectSession(client, auto_scatter)
+        # When the backend goes away (the end of its `with` block), its pins go too,
+        # and so does a connection it opened itself.
+        weakref.finalize(self, _release, self._objects, owned)
+        self.scatter = [self._objects.scatter(obj) for obj in (scatter or [])]
         self.wait_for_workers_timeout = wait_for_workers_timeout
         self._outstanding: set = set()
         self._outstanding_lock = threading.Lock()
@@ -100,7 +114,12 @@ class StockadeBackend(AutoBatchingMixin, ParallelBackendBase):
         return self.effective_n_jobs(n_jobs)
 
     def submit(self, func, callback=None):
-        future = self.client.submit_pickled([cloudpickle.dumps(func)])[0]
+        items = getattr(func, "items", None)
+        if items and all(isinstance(f, _wasm.Task) for f, _, _ in items):
+            # A batch of WebAssembly calls runs in sandboxes, one task per call.
+            future = _gather([self.client.submit_wasm(f, a, k) for f, a, k in items])
+        else:
+            future = self.client.submit_calls([func], self._objects)[0]
         with self._outstanding_lock:
             self._outstanding.add(future)
 
@@ -132,6 +151,36 @@ class StockadeBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def __reduce__(self):
         raise StockadeError("the stockade backend cannot be pickled into a task")
+
+
+def _gather(futures: list[Future]) -> Future:
+    """One future for a batch: the list of results, or the first exception."""
+    batch = Future()
+    batch.set_running_or_notify_cancel()
+    batch.stockade_parts = futures
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(_):
+        with lock:
+            left[0] -= 1
+            finished = left[0] == 0
+        if finished:
+            errors = [f.exception() for f in futures if f.exception() is not None]
+            if errors:
+                batch.set_exception(errors[0])
+            else:
+                batch.set_result([f.result() for f in futures])
+
+    for f in futures:
+        f.add_done_callback(one_done)
+    return batch
+
+
+def _release(objects: ObjectSession, owned: Client | None) -> None:
+    objects.release()
+    if owned is not None:
+        owned.close()
 
 
 def register() -> None:

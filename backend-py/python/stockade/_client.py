@@ -14,6 +14,9 @@ import cloudpickle
 
 from . import _native
 from ._errors import RemoteTraceback, StockadeError, error_for
+from ._errors import WasmTaskFailed
+from ._scatter import DEFAULT_AUTO_SCATTER, ObjectSession, Pinned, pin
+from . import wasm as _wasm
 
 _DONE, _RAISED = 0, 1
 
@@ -78,6 +81,10 @@ class Client:
 
     ``Client("HOST:PORT")`` works on the scheduler's machine; elsewhere pass
     ``scheduler_file=`` (or ``token=``). Futures are ``concurrent.futures.Future``.
+
+    Arguments are pickled with cloudpickle; objects given to :meth:`scatter` and numpy
+    arrays of at least ``auto_scatter`` bytes (``None`` turns that off) are pinned once
+    on every worker and sent by reference.
     """
 
     def __init__(
@@ -88,9 +95,14 @@ class Client:
         token: str | None = None,
         timeout: float = 10.0,
         name: str = "python",
+        auto_scatter: int | None = DEFAULT_AUTO_SCATTER,
     ):
         self._pid = os.getpid()
         self._native = _native.Client(address, scheduler_file, token, name, timeout)
+        self._pins: dict[bytes, int] = {}
+        self._pins_lock = threading.Lock()
+        self._objects = ObjectSession(self, auto_scatter)
+        self._modules: dict[str, bytes] = {}
         self._futures: dict[int, Future] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -100,17 +112,87 @@ class Client:
     # -- submission --------------------------------------------------------------
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
-        """Runs ``fn(*args, **kwargs)`` on the cluster."""
+        """Runs ``fn(*args, **kwargs)`` on the cluster (in a WebAssembly sandbox when
+        ``fn`` is a ``stockade.wasm.Task``)."""
+        if isinstance(fn, _wasm.Task):
+            return self.submit_wasm(fn, args, kwargs)
         call = functools.partial(fn, *args, **kwargs) if args or kwargs else fn
-        return self.submit_pickled([cloudpickle.dumps(call)])[0]
+        return self.submit_calls([call], self._objects)[0]
 
     def map(self, fn: Callable, *iterables: Iterable) -> list[Future]:
         """Submits ``fn`` over the zipped iterables in one batch; futures in order."""
-        payloads = [cloudpickle.dumps(functools.partial(fn, *args)) for args in zip(*iterables)]
-        return self.submit_pickled(payloads)
+        return self.submit_calls([functools.partial(fn, *args) for args in zip(*iterables)], self._objects)
 
-    def submit_pickled(self, payloads: list[bytes]) -> list[Future]:
-        """Submits already pickled zero-argument callables."""
+    def submit_calls(self, calls: list[Callable], objects: ObjectSession) -> list[Future]:
+        """Pickles zero-argument callables with the pinned objects of ``objects``
+        replaced by reference, and submits them."""
+        pickled = [objects.dumps(call) for call in calls]
+        return self.submit_pickled([p for p, _ in pickled], [n for _, n in pickled])
+
+    def submit_wasm(self, task: "_wasm.Task", args: tuple, kwargs: dict) -> Future:
+        """Runs a WebAssembly task on ``task.encode(args, kwargs)``; the future's result
+        is the task's decoded JSON output."""
+        self._check_usable()
+        module = self._module_key(task.module)
+        data, needs = task.encode(args, kwargs)
+        future = Future()
+        future.set_running_or_notify_cancel()
+        future.stockade_wasm = True
+        with self._lock:
+            task_id = self._native.submit_wasm(module, task.name, data, needs)
+            future.stockade_id = task_id
+            self._futures[task_id] = future
+        return future
+
+    def _module_key(self, module: "_wasm.Module") -> bytes:
+        """Pins a module once per client; returns its key."""
+        key = self._modules.get(module.digest)
+        if key is None:
+            key, _, _ = self._native.scatter_raw(module.data)
+            self._modules[module.digest] = key
+        return key
+
+    # -- scatter -------------------------------------------------------------------
+
+    def scatter(self, obj: Any, broadcast: bool = True, timeout: float = 600.0) -> Pinned:
+        """Pins ``obj`` on every worker (and on workers that join later) and returns a
+        reference to pass as a task argument. Pins are always broadcast: every worker
+        of the cluster holds one copy per machine. Raises ``PinnedMemoryExceeded`` when
+        a worker's ``--memory-limit`` does not allow it."""
+        return self._objects.scatter(obj)
+
+    def release(self, *refs: Pinned) -> None:
+        """Unpins objects this client scattered (all of them when none is given)."""
+        if refs:
+            self._objects.forget(refs)
+        else:
+            self._objects.release()
+
+    def _pin(self, obj: Any, timeout: float = 600.0) -> Pinned:
+        self._check_usable()
+        ref = pin(self._native, obj, timeout)
+        with self._pins_lock:
+            self._pins[ref.key] = self._pins.get(ref.key, 0) + 1
+        return ref
+
+    def _unpin(self, keys: list[bytes]) -> None:
+        """Drops one hold on each key; unpins those nobody in this process holds."""
+        gone = []
+        with self._pins_lock:
+            for key in keys:
+                n = self._pins.get(key, 0) - 1
+                if n > 0:
+                    self._pins[key] = n
+                else:
+                    self._pins.pop(key, None)
+                    gone.append(key)
+        if gone and not self._closed.is_set() and os.getpid() == self._pid:
+            try:
+                self._native.release(gone)
+            except ConnectionError:
+                pass  # the scheduler frees a gone session's pins itself
+
+    def _check_usable(self) -> None:
         if self._closed.is_set():
             raise StockadeError("the client is closed")
         if os.getpid() != self._pid:
@@ -118,12 +200,17 @@ class Client:
                 f"this Client was created in process {self._pid}; its connection does not survive a fork. "
                 "hint: create a new Client in the child process"
             )
+
+    def submit_pickled(self, payloads: list[bytes], needs: list[list[bytes]] | None = None) -> list[Future]:
+        """Submits already pickled zero-argument callables; ``needs`` lists per
+        payload the keys of the pinned objects it refers to."""
+        self._check_usable()
         futures = [Future() for _ in payloads]
         for f in futures:
             f.set_running_or_notify_cancel()
         # Hold the lock so that no completion arrives before its future is known.
         with self._lock:
-            ids = self._native.submit_many(payloads, _VERSION_HEADER)
+            ids = self._native.submit_many(payloads, _VERSION_HEADER, needs)
             for task_id, f in zip(ids, futures):
                 f.stockade_id = task_id
                 self._futures[task_id] = f
@@ -131,6 +218,7 @@ class Client:
 
     def cancel(self, futures: Iterable[Future]) -> None:
         """Cancels tasks on the cluster; their futures fail with ``TaskCancelled``."""
+        futures = [p for f in futures for p in getattr(f, "stockade_parts", [f])]
         ids = [f.stockade_id for f in futures if hasattr(f, "stockade_id") and not f.done()]
         if ids:
             self._native.cancel(ids)
@@ -144,7 +232,14 @@ class Client:
                     future = self._futures.pop(task_id, None)
                 if future is None or future.done():
                     continue
-                if status == _DONE:
+                if getattr(future, "stockade_wasm", False):
+                    if status == _DONE:
+                        future.set_result(_wasm.decode(data))
+                    elif status == _RAISED:
+                        future.set_exception(WasmTaskFailed(message))
+                    else:
+                        future.set_exception(error_for(kind, message))
+                elif status == _DONE:
                     try:
                         value = cloudpickle.loads(data)
                     except Exception as e:
@@ -155,6 +250,9 @@ class Client:
                     future.set_exception(_rebuild_exception(data))
                 else:
                     future.set_exception(error_for(kind, message))
+            # Keep no finished future (and what its callbacks reference, e.g. a joblib
+            # backend whose end releases pins) alive until the next completion.
+            future = data = None
             if self._closed.is_set() and self._native.pending() == 0:
                 break
 
@@ -178,7 +276,8 @@ class Client:
             return  # a forked copy: the connection is the parent's
         self._closed.set()
         self._native.close()
-        self._dispatcher.join(timeout=5)
+        if threading.current_thread() is not self._dispatcher:
+            self._dispatcher.join(timeout=5)
         with self._lock:
             leftover = list(self._futures.values())
             self._futures.clear()

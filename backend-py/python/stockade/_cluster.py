@@ -75,10 +75,16 @@ class LocalCluster:
     Workers run Python tasks with this interpreter, in this working directory, with this
     ``sys.path``, so functions defined in the caller's modules are found. Everything is
     stopped by ``close()``, at the end of a ``with`` block, or at interpreter exit.
+
+    ``worker_args`` go to every ``stockade worker`` (e.g. ``("--memory-limit", "4GiB")``).
+    With ``separate_stores``, each process keeps pinned objects in a directory of its
+    own, so they travel between processes as between machines (for tests and
+    benchmarks of the network path).
     """
 
     def __init__(self, n_workers: int | None = None, slots_per_worker: int = 1, *, timeout: float = 30.0,
-                 scheduler_args: tuple[str, ...] = ()):
+                 scheduler_args: tuple[str, ...] = (), worker_args: tuple[str, ...] = (),
+                 separate_stores: bool = False):
         self.n_workers = n_workers if n_workers is not None else (os.cpu_count() or 1)
         self.slots_per_worker = slots_per_worker
         self._dir = tempfile.mkdtemp(prefix="stockade-cluster-")
@@ -89,6 +95,8 @@ class LocalCluster:
         paths = [p for p in sys.path if p] + [os.getcwd()]
         self._env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         self._timeout = timeout
+        self._worker_args = tuple(worker_args)
+        self._separate_stores = separate_stores
         self.workers: list[_Process] = []
         self._closed = False
         atexit.register(self.close)
@@ -96,7 +104,7 @@ class LocalCluster:
             self.scheduler = _Process(
                 "scheduler",
                 ["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file", self.scheduler_file,
-                 *scheduler_args],
+                 *self._store_args("scheduler"), *scheduler_args],
                 self._env,
                 self._dir,
             )
@@ -112,10 +120,13 @@ class LocalCluster:
     def _start_worker(self) -> _Process:
         name = f"worker{len(self.workers) + 1}"
         args = ["worker", "--scheduler-file", self.scheduler_file, "--slots", str(self.slots_per_worker),
-                "--name", name, "--python", sys.executable]
+                "--name", name, "--python", sys.executable, *self._store_args(name), *self._worker_args]
         w = _Process(name, args, self._env, self._dir)
         self.workers.append(w)
         return w
+
+    def _store_args(self, name: str) -> list[str]:
+        return ["--store-dir", os.path.join(self._dir, f"store-{name}")] if self._separate_stores else []
 
     def add_worker(self) -> _Process:
         """Starts one more worker and waits until it is registered."""

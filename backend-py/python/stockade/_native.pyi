@@ -13,9 +13,30 @@ class Client:
     ) -> None:
         """Connects; raises ConnectionError with a message that names the address."""
 
-    def submit_many(self, payloads: list[bytes], header: bytes | None = None) -> list[int]:
+    def submit_many(
+        self, payloads: list[bytes], header: bytes | None = None, needs: list[list[bytes]] | None = None
+    ) -> list[int]:
         """Submits pickled zero-argument callables, each sent as ``header + payload``;
-        returns their task ids in order."""
+        ``needs`` lists per payload the keys of the pinned objects it refers to.
+        Returns their task ids in order."""
+
+    def scatter(
+        self, pickle: bytes, buffers: list[tuple[memoryview, str, list[int]]], timeout: float = 600.0
+    ) -> tuple[bytes, int, int]:
+        """Pins a protocol-5 pickle and its out-of-band buffers ``(buffer, dtype,
+        shape)`` (``(address, length)`` of memory the caller keeps alive) on every worker;
+        returns ``(key, nbytes, workers)``. Private: use ``Client.scatter``. Raises
+        ``RuntimeError(kind, message)`` when a worker cannot pin it."""
+
+    def scatter_raw(self, data: bytes, timeout: float = 600.0) -> tuple[bytes, int, int]:
+        """Pins opaque bytes (a WebAssembly module); returns ``(key, nbytes, workers)``."""
+
+    def submit_wasm(self, module: bytes, task: str, input: bytes, needs: list[bytes]) -> int:
+        """Submits task ``task`` of the pinned module ``module`` on ``input`` (JSON);
+        ``needs`` are keys of pinned objects it reads. Returns the task id."""
+
+    def release(self, keys: list[bytes]) -> None:
+        """This client no longer needs these pinned objects."""
 
     def wait_completions(self, timeout: float) -> list[tuple[int, int, str, str, bytes]]:
         """Waits up to ``timeout`` seconds; returns ``(id, status, kind, message, data)``

@@ -4,6 +4,11 @@
 //! whatever has queued up in one frame, so `submit` never blocks on the network; a
 //! reader task completes each task's [`Completion`] exactly once: with the outcome, or
 //! with [`ClientError::ConnectionLost`] if the scheduler goes away first.
+//!
+//! Pinning ("scatter") is two steps: [`Client::prepare_object`] writes an object into a
+//! store (the scheduler's own when this process can use it, so nothing is copied over
+//! the network; else this machine's), blocking, from any thread; [`Client::pin`] then
+//! announces or streams it and waits until every worker holds it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,8 +22,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::net::{dial, DialError, Target};
 use crate::proto::{
-    ClientHello, CloseCode, FrameError, FromClient, Outcome, Peer, SchedulerInfo, TaskId, TaskKind, TaskSpec, ToClient,
+    ClientHello, CloseCode, ErrorKind, FrameError, FromClient, ObjectKey, ObjectKind, Outcome, Peer, PinOutcome,
+    PinReply, SchedulerInfo, StoreInfo, TaskId, TaskKind, TaskSpec, ToClient,
 };
+use crate::store::{stream, ObjectWriter, Pinned, Store};
 
 /// Errors of the client API.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -36,6 +43,45 @@ pub enum ClientError {
     /// No answer within the bound.
     #[error("no answer from the scheduler within {0:?}")]
     Timeout(Duration),
+    /// An object could not be pinned (`kind` is `PinnedMemoryExceeded` or `DataLost`).
+    #[error("{message}")]
+    Pin {
+        /// Why.
+        kind: ErrorKind,
+        /// What happened and what to do.
+        message: String,
+    },
+}
+
+/// A task to submit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    /// What runs it.
+    pub kind: TaskKind,
+    /// Its input.
+    pub payload: Vec<u8>,
+    /// Pinned objects it reads.
+    pub needs: Vec<ObjectKey>,
+}
+
+/// An object written into a store and not yet pinned (see [`Client::pin`]).
+#[derive(Debug)]
+pub struct PreparedObject {
+    pinned: Pinned,
+    /// Whether it is in the scheduler's own store.
+    local: bool,
+}
+
+impl PreparedObject {
+    /// Its key.
+    pub fn key(&self) -> ObjectKey {
+        self.pinned.header().key
+    }
+
+    /// Its size in bytes.
+    pub fn size(&self) -> u64 {
+        self.pinned.header().size
+    }
 }
 
 impl From<DialError> for ClientError {
@@ -56,11 +102,15 @@ pub struct ClientOptions {
     pub name: String,
     /// Bound on connecting.
     pub connect_timeout: Duration,
+    /// Write pinned objects into the scheduler's store when this process can (same
+    /// machine and user); `false` always streams them, as a client elsewhere does.
+    pub share_store: bool,
 }
 
 struct Shared {
     pending: Mutex<HashMap<TaskId, Completion>>,
     info_waiters: Mutex<HashMap<u64, oneshot::Sender<SchedulerInfo>>>,
+    pin_waiters: Mutex<HashMap<ObjectKey, Vec<oneshot::Sender<PinOutcome>>>>,
     /// Set once the connection ends; later submissions fail at once.
     dead: Mutex<Option<ClientError>>,
 }
@@ -75,6 +125,9 @@ impl Shared {
             dead.get_or_insert(error.clone());
         }
         if let Ok(mut w) = self.info_waiters.lock() {
+            w.clear();
+        }
+        if let Ok(mut w) = self.pin_waiters.lock() {
             w.clear();
         }
         for (id, completion) in pending {
@@ -94,16 +147,20 @@ pub struct Client {
     next_id: Arc<AtomicU64>,
     tenant: Arc<str>,
     session: u64,
+    scheduler_store: StoreInfo,
+    share_store: bool,
 }
 
 impl Client {
     /// Connects and authenticates.
     pub async fn connect(options: ClientOptions) -> Result<Self, ClientError> {
         let connected =
-            dial(&options.target, Peer::Client(ClientHello { name: options.name }), options.connect_timeout).await?;
+            dial(&options.target, Peer::Client(ClientHello { name: options.name.clone() }), options.connect_timeout)
+                .await?;
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
             info_waiters: Mutex::new(HashMap::new()),
+            pin_waiters: Mutex::new(HashMap::new()),
             dead: Mutex::new(None),
         });
         let (tx, mut rx) = mpsc::unbounded_channel::<FromClient>();
@@ -163,6 +220,12 @@ impl Client {
                                 let _ = waiter.send(info);
                             }
                         }
+                        ToClient::Pinned(PinReply { key, outcome }) => {
+                            let waiters = reader_shared.pin_waiters.lock().ok().and_then(|mut w| w.remove(&key));
+                            for waiter in waiters.unwrap_or_default() {
+                                let _ = waiter.send(outcome.clone());
+                            }
+                        }
                     }
                 }
                 Ok(())
@@ -193,6 +256,8 @@ impl Client {
             next_id: Arc::new(AtomicU64::new(1)),
             tenant: Arc::from(connected.welcome.tenant.as_str()),
             session: connected.welcome.id,
+            scheduler_store: connected.welcome.store,
+            share_store: options.share_store,
         })
     }
 
@@ -207,7 +272,7 @@ impl Client {
     }
 
     /// Submits tasks; each completion is called exactly once. Returns their ids.
-    pub fn submit_with(&self, tasks: Vec<(TaskKind, Vec<u8>, Completion)>) -> Result<Vec<TaskId>, ClientError> {
+    pub fn submit_with(&self, tasks: Vec<(NewTask, Completion)>) -> Result<Vec<TaskId>, ClientError> {
         if let Some(e) = self.shared.dead.lock().ok().and_then(|d| d.clone()) {
             return Err(e);
         }
@@ -216,10 +281,10 @@ impl Client {
         let mut ids = Vec::with_capacity(tasks.len());
         {
             let mut pending = self.shared.pending.lock().map_err(|_| ClientError::Closed)?;
-            for (i, (kind, payload, completion)) in tasks.into_iter().enumerate() {
+            for (i, (task, completion)) in tasks.into_iter().enumerate() {
                 let id = first + i as u64;
                 pending.insert(id, completion);
-                specs.push(TaskSpec { id, kind, payload });
+                specs.push(TaskSpec { id, kind: task.kind, payload: task.payload, needs: task.needs });
                 ids.push(id);
             }
         }
@@ -238,7 +303,7 @@ impl Client {
     /// Submits tasks and returns a handle per task, in order.
     pub fn submit_many(&self, tasks: Vec<(TaskKind, Vec<u8>)>) -> Result<Vec<TaskHandle>, ClientError> {
         let mut receivers = Vec::with_capacity(tasks.len());
-        let with: Vec<(TaskKind, Vec<u8>, Completion)> = tasks
+        let with: Vec<(NewTask, Completion)> = tasks
             .into_iter()
             .map(|(kind, payload)| {
                 let (tx, rx) = oneshot::channel();
@@ -246,7 +311,7 @@ impl Client {
                 let completion: Completion = Box::new(move |_, r| {
                     let _ = tx.send(r);
                 });
-                (kind, payload, completion)
+                (NewTask { kind, payload, needs: Vec::new() }, completion)
             })
             .collect();
         let ids = self.submit_with(with)?;
@@ -282,6 +347,66 @@ impl Client {
             Ok(Err(_)) => Err(self.shared.dead.lock().ok().and_then(|d| d.clone()).unwrap_or(ClientError::Closed)),
             Err(_) => Err(ClientError::Timeout(timeout)),
         }
+    }
+
+    /// Writes an object into the scheduler's store if this process can use it, else
+    /// into this machine's default store (it is then streamed by [`Self::pin`]).
+    /// Blocking (file I/O); call it off the async runtime's threads.
+    pub fn prepare_object(
+        &self,
+        kind: ObjectKind,
+        write: impl FnOnce(&mut ObjectWriter) -> std::io::Result<()>,
+    ) -> Result<PreparedObject, ClientError> {
+        let store_err =
+            |e: crate::store::StoreError| ClientError::Pin { kind: ErrorKind::DataLost, message: e.to_string() };
+        let shared = if self.share_store { Store::shared_with(&self.scheduler_store) } else { None };
+        let (store, local) = match shared {
+            Some(store) => (store, true),
+            None => (Store::open(None).map_err(store_err)?, false),
+        };
+        let mut writer = store.writer(&self.tenant, None).map_err(store_err)?;
+        write(&mut writer).map_err(|e| ClientError::Pin {
+            kind: ErrorKind::DataLost,
+            message: format!("could not write the object: {e}"),
+        })?;
+        let pinned = writer.finish(kind).map_err(store_err)?;
+        Ok(PreparedObject { pinned, local })
+    }
+
+    /// Pins a prepared object for this session and waits (up to `timeout`) until every
+    /// connected worker holds it; returns how many do.
+    pub async fn pin(&self, object: PreparedObject, timeout: Duration) -> Result<u32, ClientError> {
+        if let Some(e) = self.shared.dead.lock().ok().and_then(|d| d.clone()) {
+            return Err(e);
+        }
+        let header = object.pinned.header().clone();
+        let (tx, rx) = oneshot::channel();
+        self.shared.pin_waiters.lock().map_err(|_| ClientError::Closed)?.entry(header.key).or_default().push(tx);
+        let answer = async {
+            if object.local {
+                self.tx.send(FromClient::Pin(header.clone())).map_err(|_| ClientError::Closed)?;
+            } else {
+                stream::send(&self.conn, &header, object.pinned.bytes())
+                    .await
+                    .map_err(|e| ClientError::ConnectionLost(e.to_string()))?;
+            }
+            rx.await.map_err(|_| self.shared.dead.lock().ok().and_then(|d| d.clone()).unwrap_or(ClientError::Closed))
+        };
+        let outcome = match tokio::time::timeout(timeout, answer).await {
+            Ok(outcome) => outcome?,
+            Err(_) => return Err(ClientError::Timeout(timeout)),
+        };
+        // The scheduler holds its own handle now; ours may go.
+        drop(object);
+        match outcome {
+            PinOutcome::Pinned(workers) => Ok(workers),
+            PinOutcome::Failed(e) => Err(ClientError::Pin { kind: e.kind, message: e.message }),
+        }
+    }
+
+    /// Tells the scheduler this session no longer needs these objects.
+    pub fn release(&self, keys: Vec<ObjectKey>) -> Result<(), ClientError> {
+        self.tx.send(FromClient::Release(keys)).map_err(|_| ClientError::Closed)
     }
 
     /// Closes the connection; unfinished tasks are cancelled on the scheduler and their

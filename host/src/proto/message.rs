@@ -3,6 +3,8 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+pub use stockade_guest::archive::Key as ObjectKey;
+
 /// Identifier a client gives a task, unique within its session.
 pub type TaskId = u64;
 /// Identifier of one attempt to run a task on a worker, unique within a scheduler's life.
@@ -40,6 +42,20 @@ pub struct WorkerHello {
     pub name: String,
     /// Number of tasks it runs at once.
     pub slots: u32,
+    /// Identity of its object store (see [`StoreInfo`]); objects in the scheduler's
+    /// store reach it without a copy when the two are the same.
+    pub store_id: String,
+}
+
+/// Where a peer keeps pinned objects: the identity of a store directory (a random id
+/// written into it when created) and its path. Two processes with the same id share
+/// the directory, so an object one of them stored needs no transfer to the other.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct StoreInfo {
+    /// The directory's id ("" when the peer has no store).
+    pub id: String,
+    /// The directory's path.
+    pub dir: String,
 }
 
 /// The scheduler's answer to an accepted [`Hello`].
@@ -51,6 +67,9 @@ pub struct Welcome {
     pub id: u64,
     /// How often a worker must send [`FromWorker::Heartbeat`], in milliseconds.
     pub heartbeat_interval_ms: u64,
+    /// The scheduler's object store; a client that can read the same directory writes
+    /// objects there and sends [`FromClient::Pin`] instead of streaming them.
+    pub store: StoreInfo,
 }
 
 /// What runs a task.
@@ -61,6 +80,20 @@ pub enum TaskKind {
     /// A cloudpickled zero-argument callable, run in a warm CPython child of the
     /// tenant; the result is its cloudpickled return value.
     Python,
+    /// A task of a WebAssembly module, run in a wasmtime sandbox; the payload is a
+    /// [`WasmCall`], the result the task's JSON output.
+    Wasm,
+}
+
+/// The payload of a [`TaskKind::Wasm`] task (an rkyv archive like every message).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct WasmCall {
+    /// Key of the pinned module (it must also be among the task's `needs`).
+    pub module: ObjectKey,
+    /// Name of the task the module exports.
+    pub task: String,
+    /// The task's input (JSON, see `stockade_guest::abi`).
+    pub input: Vec<u8>,
 }
 
 /// Built-in task kinds. They need no executor set-up, which makes them the yardstick
@@ -86,6 +119,9 @@ pub struct TaskSpec {
     pub kind: TaskKind,
     /// Opaque input, forwarded untouched to the executor.
     pub payload: Vec<u8>,
+    /// Pinned objects of the session the task reads; it runs only on a worker that
+    /// holds them all.
+    pub needs: Vec<ObjectKey>,
 }
 
 /// How a task (or one attempt of it) ended.
@@ -126,6 +162,16 @@ pub enum ErrorKind {
     QuotaExceeded,
     /// The task cannot be run as submitted (duplicate id, unknown executor).
     Rejected,
+    /// A worker cannot pin an object within its pinned-memory limit.
+    PinnedMemoryExceeded,
+    /// A WebAssembly task trapped (a guest panic included; the message has it).
+    Trap,
+    /// A WebAssembly task needed more memory (or output) than its limit.
+    MemoryLimit,
+    /// A WebAssembly module is invalid or not a Stockade guest.
+    BadModule,
+    /// A WebAssembly module has no task of that name.
+    NoSuchTask,
 }
 
 /// A task's final outcome, sent to the client that submitted it.
@@ -148,6 +194,55 @@ pub enum FromClient {
     CancelAll,
     /// Ask for a [`SchedulerInfo`]; answered by [`ToClient::Info`] with the same id.
     QueryInfo(u64),
+    /// Pin an object the client wrote into the scheduler's store (same machine, see
+    /// [`Welcome::store`]); objects from elsewhere arrive on object streams instead.
+    /// Answered by [`ToClient::Pinned`].
+    Pin(ObjectHeader),
+    /// The session no longer needs these objects; they are unpinned when no session
+    /// holds them.
+    Release(Vec<ObjectKey>),
+}
+
+/// Kinds of pinned objects; see `stockade_guest::archive` for their layout.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ObjectKind {
+    /// A pickled Python object with out-of-band buffers (an rkyv `Scattered` archive).
+    Scattered,
+    /// Opaque bytes (a WebAssembly module).
+    Raw,
+}
+
+/// Describes a pinned object. Also the first frame of an *object stream*: a
+/// unidirectional QUIC stream that carries one object (client → scheduler, scheduler
+/// → worker): this header as a frame, then exactly `size` bytes.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ObjectHeader {
+    /// BLAKE3 hash of the bytes; receivers check it.
+    pub key: ObjectKey,
+    /// Length in bytes.
+    pub size: u64,
+    /// What the bytes are.
+    pub kind: ObjectKind,
+    /// Owning tenant (set by the scheduler towards workers; ignored from clients).
+    pub tenant: String,
+}
+
+/// The answer to a pin: every worker connected at the time holds it, or why not.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct PinReply {
+    /// The object.
+    pub key: ObjectKey,
+    /// Number of workers holding it, or the error (the object is then unpinned).
+    pub outcome: PinOutcome,
+}
+
+/// How a pin ended.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum PinOutcome {
+    /// Pinned on this many workers (and kept for workers that join later).
+    Pinned(u32),
+    /// Not pinned; [`ErrorKind::PinnedMemoryExceeded`] or [`ErrorKind::DataLost`].
+    Failed(TaskError),
 }
 
 /// Scheduler → client.
@@ -157,6 +252,8 @@ pub enum ToClient {
     Results(Vec<TaskResult>),
     /// Answer to [`FromClient::QueryInfo`].
     Info(u64, SchedulerInfo),
+    /// Answer to a pin ([`FromClient::Pin`] or an object stream).
+    Pinned(PinReply),
 }
 
 /// A task handed to a worker.
@@ -170,6 +267,8 @@ pub struct Assignment {
     pub kind: TaskKind,
     /// The client's payload.
     pub payload: Vec<u8>,
+    /// Pinned objects it reads (the worker holds them all).
+    pub needs: Vec<ObjectKey>,
 }
 
 /// A worker's report on one attempt.
@@ -190,6 +289,9 @@ pub enum FromWorker {
     Finished(Vec<AttemptResult>),
     /// I am alive.
     Heartbeat,
+    /// Answer to a pin ([`ToWorker::Pin`] or an object stream): the object's tenant
+    /// and the answer.
+    Pinned(String, PinReply),
 }
 
 /// Scheduler → worker.
@@ -199,6 +301,10 @@ pub enum ToWorker {
     Run(Vec<Assignment>),
     /// Stop these attempts and report them.
     Cancel(Vec<AttemptId>),
+    /// Pin an object that is in the scheduler's store, which the worker shares.
+    Pin(ObjectHeader),
+    /// Drop an object (no session holds it any more): its tenant and key.
+    Unpin(String, ObjectKey),
 }
 
 /// What `stockade status` and `Client.scheduler_info()` show.
@@ -210,6 +316,27 @@ pub struct SchedulerInfo {
     pub tasks: TaskCounts,
     /// Connected client sessions.
     pub sessions: Vec<SessionInfo>,
+    /// Pinned objects.
+    pub pinned: Vec<PinnedInfo>,
+    /// Object bytes received from clients on object streams.
+    pub object_bytes_received: u64,
+}
+
+/// One pinned object in [`SchedulerInfo`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct PinnedInfo {
+    /// The key, in hex.
+    pub key: String,
+    /// Size in bytes.
+    pub nbytes: u64,
+    /// Workers that hold it.
+    pub workers: Vec<u64>,
+    /// The session that pinned it first.
+    pub session: u64,
+    /// Every session that holds it.
+    pub sessions: Vec<u64>,
+    /// Owning tenant.
+    pub tenant: String,
 }
 
 /// One worker in [`SchedulerInfo`].
@@ -227,6 +354,10 @@ pub struct WorkerInfo {
     pub running: u32,
     /// Attempts it completed.
     pub done: u64,
+    /// Bytes of the pinned objects it holds.
+    pub pinned_bytes: u64,
+    /// Object bytes streamed to it.
+    pub object_bytes_sent: u64,
 }
 
 /// Task counters in [`SchedulerInfo`].
@@ -268,6 +399,7 @@ mod tests {
             id: 7,
             kind: TaskKind::Builtin(Builtin::Echo),
             payload: b"hi".to_vec(),
+            needs: vec![[7; 32]],
         }]);
         let bytes = encode(&msg).unwrap();
         assert_eq!(
@@ -280,7 +412,10 @@ mod tests {
 
     #[test]
     fn golden_bytes_of_a_hello() {
-        let msg = Hello { token: "t".into(), peer: Peer::Worker(WorkerHello { name: "w".into(), slots: 2 }) };
+        let msg = Hello {
+            token: "t".into(),
+            peer: Peer::Worker(WorkerHello { name: "w".into(), slots: 2, store_id: "s".into() }),
+        };
         let bytes = encode(&msg).unwrap();
         assert_eq!(
             hex::encode(&bytes),
@@ -291,6 +426,6 @@ mod tests {
     }
 
     const GOLDEN_SUBMIT: &str =
-        "6869000000000000070000000000000000020000ecffffff020000000000000000000000e4ffffff0100000000000000";
-    const GOLDEN_HELLO: &str = "74ffffffffffffff0100000077ffffffffffffff02000000";
+        "68690707070707070707070707070707070707070707070707070707070707070707000000000000070000000000000000020000ccffffff02000000c6ffffff010000000000000000000000dcffffff0100000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000";
+    const GOLDEN_HELLO: &str = "74ffffffffffffff0100000077ffffffffffffff0200000073ffffffffffffff";
 }

@@ -10,6 +10,10 @@
 //! scheduler → client/worker:  Welcome, then ToClient / ToWorker frames
 //! ```
 //!
+//! Pinned objects travel on their own unidirectional streams (*object streams*), so a
+//! large upload never delays the control stream: an [`ObjectHeader`] frame, then the
+//! object's bytes.
+//!
 //! A frame is `u32` little-endian length, then that many bytes. The length is checked
 //! against a cap before anything is allocated, and every archive is validated with
 //! bytecheck before it is read. Rejections close the QUIC connection with a
@@ -29,7 +33,7 @@ pub use message::*;
 
 /// Version of the wire protocol. Bump it whenever a message's layout changes (the
 /// golden-bytes tests in [`message`] fail when that happens without a bump).
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The first bytes of every control stream.
 pub const MAGIC: [u8; 8] = *b"STOCKADE";

@@ -6,6 +6,10 @@
 //!   state, handles every event waiting on the channel, then routes the resulting
 //!   actions, batched per peer, to the writers.
 //! - A ticker feeds `Tick` events so silent workers are declared lost.
+//! - Pinned objects arrive on object streams (or, from a client on this machine, as a
+//!   file in the store the client shares); the driver keeps its handle on each object
+//!   while the core says it is live, and streams it to workers that do not share the
+//!   store.
 //!
 //! A peer that misbehaves (bad preamble, wrong version or token, oversized or invalid
 //! frame) has its connection closed with a code and a reason; everyone else is served
@@ -24,9 +28,11 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::proto::{
-    ClientHello, CloseCode, FrameError, FrameReader, FrameWriter, FromClient, FromWorker, HandshakeError, Hello, Peer,
-    Preamble, ToClient, ToWorker, Welcome, WorkerHello, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME,
+    ClientHello, CloseCode, ErrorKind, FrameError, FrameReader, FrameWriter, FromClient, FromWorker, HandshakeError,
+    Hello, ObjectHeader, ObjectKey, Peer, PinOutcome, PinReply, Preamble, TaskError, ToClient, ToWorker, Welcome,
+    WorkerHello, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME,
 };
+use crate::store::{stream, SharedPinned, Store};
 use crate::tenancy::Tenants;
 use state::{Action, Event, SchedulerConfig, SchedulerState, SessionId, WorkerId};
 
@@ -41,6 +47,8 @@ pub struct SchedulerOptions {
     pub heartbeat_interval: Duration,
     /// Bound on the handshake of a new connection.
     pub handshake_timeout: Duration,
+    /// Where pinned objects live (`None`: scatter is refused with a reason).
+    pub store: Option<Store>,
 }
 
 impl Default for SchedulerOptions {
@@ -50,6 +58,7 @@ impl Default for SchedulerOptions {
             core: SchedulerConfig::default(),
             heartbeat_interval: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(10),
+            store: None,
         }
     }
 }
@@ -58,15 +67,35 @@ impl Default for SchedulerOptions {
 enum CoreMsg {
     Event(Event),
     ClientOutbox(SessionId, mpsc::UnboundedSender<ToClient>),
-    WorkerOutbox(WorkerId, mpsc::UnboundedSender<ToWorker>, quinn::Connection),
+    WorkerOutbox(WorkerOutbox),
     QueryInfo(SessionId, u64),
+    /// An object of a session is in the scheduler's store.
+    ObjectArrived(SessionId, SharedPinned),
+    /// A session's pin failed before reaching the core.
+    PinFailed(SessionId, PinReply),
+}
+
+/// How the core reaches a worker.
+struct WorkerOutbox {
+    id: WorkerId,
+    tx: mpsc::UnboundedSender<ToWorker>,
+    conn: quinn::Connection,
+    /// Whether it shares the scheduler's store (objects need no transfer).
+    shares_store: bool,
+    /// Object bytes streamed to it.
+    sent: Arc<AtomicU64>,
 }
 
 /// Runs the scheduler on `endpoint` until `shutdown` completes. Connections are closed
 /// with [`CloseCode::ShuttingDown`] on the way out.
 pub async fn run(endpoint: quinn::Endpoint, options: SchedulerOptions, shutdown: impl Future<Output = ()>) {
     let (core_tx, core_rx) = mpsc::unbounded_channel();
-    let core = tokio::spawn(core_loop(SchedulerState::new(options.core.clone()), core_rx));
+    if options.store.is_none() {
+        tracing::warn!("no object store: scatter is refused");
+    }
+    let received = Arc::new(AtomicU64::new(0));
+    let out = Outboxes { core_tx: core_tx.clone(), received: received.clone(), ..Outboxes::default() };
+    let core = tokio::spawn(core_loop(SchedulerState::new(options.core.clone()), core_rx, out));
     let ticker = {
         let tx = core_tx.clone();
         let every = options.heartbeat_interval;
@@ -88,10 +117,11 @@ pub async fn run(endpoint: quinn::Endpoint, options: SchedulerOptions, shutdown:
             let id = ids.fetch_add(1, Ordering::Relaxed);
             let core_tx = core_tx.clone();
             let options = options.clone();
+            let received = received.clone();
             tokio::spawn(
                 async move {
                     match incoming.await {
-                        Ok(conn) => serve_connection(conn, id, options, core_tx).await,
+                        Ok(conn) => serve_connection(conn, id, options, core_tx, received).await,
                         Err(e) => tracing::debug!(%remote, error = %e, "connection attempt failed"),
                     }
                 }
@@ -117,6 +147,7 @@ async fn serve_connection(
     id: u64,
     options: Arc<SchedulerOptions>,
     core_tx: mpsc::UnboundedSender<CoreMsg>,
+    received: Arc<AtomicU64>,
 ) {
     let remote = conn.remote_address();
     let accepted = tokio::time::timeout(options.handshake_timeout, handshake(&conn, &options.tenants)).await;
@@ -137,23 +168,37 @@ async fn serve_connection(
         tenant: tenant.to_string(),
         id,
         heartbeat_interval_ms: options.heartbeat_interval.as_millis() as u64,
+        store: options.store.as_ref().map(Store::info).unwrap_or_default(),
     };
+    let store = options.store.clone();
     match hello.peer {
         Peer::Client(ClientHello { name }) => {
             tracing::info!(%remote, session = id, %tenant, %name, "client connected");
             let (tx, rx) = mpsc::unbounded_channel();
             let _ = core_tx.send(CoreMsg::ClientOutbox(id, tx));
-            let _ = core_tx.send(CoreMsg::Event(Event::ClientJoined { session: id, tenant, name }));
+            let _ = core_tx.send(CoreMsg::Event(Event::ClientJoined { session: id, tenant: tenant.clone(), name }));
             tokio::spawn(write_loop(writer, welcome, rx, conn.clone()));
-            let end = client_reader(reader, id, &core_tx).await;
+            let uploads = tokio::spawn(accept_objects(
+                conn.clone(),
+                id,
+                tenant.clone(),
+                store.clone(),
+                core_tx.clone(),
+                received,
+            ));
+            let end = client_reader(reader, id, &tenant, &store, &core_tx).await;
+            uploads.abort();
             close_on_error(&conn, end);
             let _ = core_tx.send(CoreMsg::Event(Event::ClientLeft { session: id }));
             tracing::info!(%remote, session = id, "client disconnected");
         }
-        Peer::Worker(WorkerHello { name, slots }) => {
-            tracing::info!(%remote, worker = id, %name, slots, "worker connected");
+        Peer::Worker(WorkerHello { name, slots, store_id }) => {
+            let shares_store = store.as_ref().is_some_and(|s| s.id() == store_id);
+            tracing::info!(%remote, worker = id, %name, slots, shares_store, "worker connected");
             let (tx, rx) = mpsc::unbounded_channel();
-            let _ = core_tx.send(CoreMsg::WorkerOutbox(id, tx, conn.clone()));
+            let sent = Arc::new(AtomicU64::new(0));
+            let outbox = WorkerOutbox { id, tx, conn: conn.clone(), shares_store, sent };
+            let _ = core_tx.send(CoreMsg::WorkerOutbox(outbox));
             let _ = core_tx.send(CoreMsg::Event(Event::WorkerJoined {
                 worker: id,
                 name,
@@ -223,6 +268,8 @@ async fn handshake(conn: &quinn::Connection, tenants: &Tenants) -> Result<Accept
 async fn client_reader(
     mut reader: FrameReader<quinn::RecvStream>,
     session: SessionId,
+    tenant: &str,
+    store: &Option<Store>,
     core_tx: &mpsc::UnboundedSender<CoreMsg>,
 ) -> Result<(), FrameError> {
     while let Some(msg) = reader.next::<FromClient>().await? {
@@ -231,6 +278,18 @@ async fn client_reader(
             FromClient::Cancel(ids) => CoreMsg::Event(Event::Cancel { session, ids }),
             FromClient::CancelAll => CoreMsg::Event(Event::CancelAll { session }),
             FromClient::QueryInfo(request) => CoreMsg::QueryInfo(session, request),
+            FromClient::Release(keys) => CoreMsg::Event(Event::Release { session, keys }),
+            FromClient::Pin(header) => {
+                let pinned = store.as_ref().ok_or_else(no_store).and_then(|s| {
+                    s.pin(tenant, &header).map_err(|e| {
+                        format!("{e}; hint: the client must write the object into the scheduler's store first")
+                    })
+                });
+                match pinned {
+                    Ok(pinned) => CoreMsg::ObjectArrived(session, Arc::new(pinned)),
+                    Err(message) => CoreMsg::PinFailed(session, pin_failed(header.key, ErrorKind::DataLost, message)),
+                }
+            }
         };
         if core_tx.send(msg).is_err() {
             break;
@@ -249,12 +308,65 @@ async fn worker_reader(
         let event = match msg {
             FromWorker::Finished(results) => Event::Finished { worker, results, now },
             FromWorker::Heartbeat => Event::Heartbeat { worker, now },
+            FromWorker::Pinned(tenant, reply) => Event::WorkerPinned { worker, tenant, reply },
         };
         if core_tx.send(CoreMsg::Event(event)).is_err() {
             break;
         }
     }
     Ok(())
+}
+
+fn no_store() -> String {
+    "the scheduler has no object store (its log says why); hint: start it with --store-dir DIR".into()
+}
+
+fn pin_failed(key: ObjectKey, kind: ErrorKind, message: String) -> PinReply {
+    PinReply { key, outcome: PinOutcome::Failed(TaskError { kind, message, detail: Vec::new() }) }
+}
+
+/// Receives the objects a client streams (each on its own stream, concurrently).
+async fn accept_objects(
+    conn: quinn::Connection,
+    session: SessionId,
+    tenant: Arc<str>,
+    store: Option<Store>,
+    core_tx: mpsc::UnboundedSender<CoreMsg>,
+    received: Arc<AtomicU64>,
+) {
+    while let Ok(mut recv) = conn.accept_uni().await {
+        let (tenant, store, core_tx, received, conn) =
+            (tenant.clone(), store.clone(), core_tx.clone(), received.clone(), conn.clone());
+        tokio::spawn(async move {
+            let header = match stream::receive_header(&mut recv).await {
+                Ok(header) => header,
+                Err(e) => {
+                    tracing::warn!(session, error = %e, "bad object stream");
+                    let reason = format!("{e}; hint: the peer sent an object stream that is not the Stockade protocol");
+                    conn.close(CloseCode::MalformedFrame.code(), reason.as_bytes());
+                    return;
+                }
+            };
+            let result = match &store {
+                None => Err(no_store()),
+                Some(store) => match store.writer(&tenant, Some((header.key, header.size))) {
+                    Err(e) => Err(e.to_string()),
+                    Ok(writer) => stream::receive_body(&mut recv, writer, &header).await.map_err(|e| e.to_string()),
+                },
+            };
+            let msg = match result {
+                Ok(pinned) => {
+                    received.fetch_add(header.size, Ordering::Relaxed);
+                    CoreMsg::ObjectArrived(session, Arc::new(pinned))
+                }
+                Err(message) => {
+                    let _ = recv.stop(quinn::VarInt::from_u32(0));
+                    CoreMsg::PinFailed(session, pin_failed(header.key, ErrorKind::DataLost, message))
+                }
+            };
+            let _ = core_tx.send(msg);
+        });
+    }
 }
 
 /// Sends the welcome, then everything the core routes to this peer, flushing once per
@@ -293,15 +405,30 @@ async fn write_loop<M>(
     }
 }
 
-/// Where the core sends things.
-#[derive(Default)]
+/// Where the core sends things, and the objects it holds.
 struct Outboxes {
     clients: HashMap<SessionId, mpsc::UnboundedSender<ToClient>>,
-    workers: HashMap<WorkerId, (mpsc::UnboundedSender<ToWorker>, quinn::Connection)>,
+    workers: HashMap<WorkerId, WorkerOutbox>,
+    objects: HashMap<(String, ObjectKey), SharedPinned>,
+    /// For reports from tasks the router spawns (object streams to workers).
+    core_tx: mpsc::UnboundedSender<CoreMsg>,
+    /// Object bytes received from clients.
+    received: Arc<AtomicU64>,
 }
 
-async fn core_loop(mut state: SchedulerState, mut rx: mpsc::UnboundedReceiver<CoreMsg>) {
-    let mut out = Outboxes::default();
+impl Default for Outboxes {
+    fn default() -> Self {
+        Self {
+            clients: HashMap::new(),
+            workers: HashMap::new(),
+            objects: HashMap::new(),
+            core_tx: mpsc::unbounded_channel().0,
+            received: Arc::default(),
+        }
+    }
+}
+
+async fn core_loop(mut state: SchedulerState, mut rx: mpsc::UnboundedReceiver<CoreMsg>, mut out: Outboxes) {
     let mut batch = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 256).await > 0 {
         for msg in batch.drain(..) {
@@ -322,12 +449,27 @@ async fn core_loop(mut state: SchedulerState, mut rx: mpsc::UnboundedReceiver<Co
                 CoreMsg::ClientOutbox(session, tx) => {
                     out.clients.insert(session, tx);
                 }
-                CoreMsg::WorkerOutbox(worker, tx, conn) => {
-                    out.workers.insert(worker, (tx, conn));
+                CoreMsg::WorkerOutbox(outbox) => {
+                    out.workers.insert(outbox.id, outbox);
                 }
                 CoreMsg::QueryInfo(session, request) => {
                     if let Some(tx) = out.clients.get(&session) {
-                        let _ = tx.send(ToClient::Info(request, state.info()));
+                        let mut info = state.info();
+                        for w in &mut info.workers {
+                            w.object_bytes_sent = out.workers.get(&w.id).map_or(0, |o| o.sent.load(Ordering::Relaxed));
+                        }
+                        info.object_bytes_received = out.received.load(Ordering::Relaxed);
+                        let _ = tx.send(ToClient::Info(request, info));
+                    }
+                }
+                CoreMsg::ObjectArrived(session, pinned) => {
+                    let header = pinned.header().clone();
+                    out.objects.insert((header.tenant.clone(), header.key), pinned);
+                    state.handle(Event::ObjectStored { session, header });
+                }
+                CoreMsg::PinFailed(session, reply) => {
+                    if let Some(tx) = out.clients.get(&session) {
+                        let _ = tx.send(ToClient::Pinned(reply));
                     }
                 }
             }
@@ -350,22 +492,36 @@ fn route(actions: Vec<Action>, out: &mut Outboxes) {
             Action::CancelAttempt { worker, attempt } => cancels.entry(worker).or_default().push(attempt),
             Action::Deliver { session, result } => results.entry(session).or_default().push(result),
             Action::DropWorker { worker, reason } => {
-                if let Some((_, conn)) = out.workers.remove(&worker) {
-                    conn.close(CloseCode::HeartbeatMissed.code(), reason.as_bytes());
+                if let Some(w) = out.workers.remove(&worker) {
+                    w.conn.close(CloseCode::HeartbeatMissed.code(), reason.as_bytes());
                 }
+            }
+            Action::PinOnWorker { worker, header } => pin_on_worker(out, worker, header),
+            Action::UnpinOnWorker { worker, tenant, key } => {
+                if let Some(w) = out.workers.get(&worker) {
+                    let _ = w.tx.send(ToWorker::Unpin(tenant, key));
+                }
+            }
+            Action::ReplyPinned { session, reply } => {
+                if let Some(tx) = out.clients.get(&session) {
+                    let _ = tx.send(ToClient::Pinned(reply));
+                }
+            }
+            Action::ForgetObject { tenant, key } => {
+                out.objects.remove(&(tenant, key));
             }
         }
     }
     // Runs before cancels: a cancel may name an attempt of this very batch, never one
     // of a later batch.
     for (worker, assignments) in runs {
-        if let Some((tx, _)) = out.workers.get(&worker) {
-            let _ = tx.send(ToWorker::Run(assignments));
+        if let Some(w) = out.workers.get(&worker) {
+            let _ = w.tx.send(ToWorker::Run(assignments));
         }
     }
     for (worker, attempts) in cancels {
-        if let Some((tx, _)) = out.workers.get(&worker) {
-            let _ = tx.send(ToWorker::Cancel(attempts));
+        if let Some(w) = out.workers.get(&worker) {
+            let _ = w.tx.send(ToWorker::Cancel(attempts));
         }
     }
     for (session, batch) in results {
@@ -373,6 +529,38 @@ fn route(actions: Vec<Action>, out: &mut Outboxes) {
             let _ = tx.send(ToClient::Results(batch));
         }
     }
+}
+
+/// Gives a worker an object: a message if it shares the store, else an object stream.
+/// A failed stream is reported to the core as the worker's failed pin.
+fn pin_on_worker(out: &Outboxes, worker: WorkerId, header: ObjectHeader) {
+    let Some(w) = out.workers.get(&worker) else {
+        return;
+    };
+    if w.shares_store {
+        let _ = w.tx.send(ToWorker::Pin(header));
+        return;
+    }
+    let core_tx = out.core_tx.clone();
+    let id = (header.tenant.clone(), header.key);
+    let fail = move |message: String| {
+        let tenant = header.tenant.clone();
+        let reply = pin_failed(header.key, ErrorKind::DataLost, message);
+        let _ = core_tx.send(CoreMsg::Event(Event::WorkerPinned { worker, tenant, reply }));
+    };
+    let Some(object) = out.objects.get(&id).cloned() else {
+        fail("the scheduler no longer holds the object".into());
+        return;
+    };
+    let (conn, sent) = (w.conn.clone(), w.sent.clone());
+    tokio::spawn(async move {
+        match stream::send(&conn, object.header(), object.bytes()).await {
+            Ok(n) => {
+                sent.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => fail(format!("could not send the object to the worker: {e}")),
+        }
+    });
 }
 
 /// Whether `addr` is a loopback address (token-less mode is allowed only there).

@@ -17,6 +17,8 @@
 //! - A lost worker's attempts are requeued at the front of their session's queue; a
 //!   task that lost `allowed_failures` workers fails with [`ErrorKind::WorkerLost`].
 //! - A client that leaves has its queued and running tasks cancelled.
+//! - Pinned objects (see [`objects`]) belong to sessions; a session's tasks run only on
+//!   workers that hold all of the session's objects.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -25,9 +27,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::proto::{
-    Assignment, AttemptId, AttemptResult, ErrorKind, Outcome, SchedulerInfo, SessionInfo, TaskCounts, TaskError,
-    TaskId, TaskKind, TaskResult, TaskSpec, WorkerInfo,
+    Assignment, AttemptId, AttemptResult, ErrorKind, ObjectHeader, ObjectKey, Outcome, PinReply, SchedulerInfo,
+    SessionInfo, TaskCounts, TaskError, TaskId, TaskKind, TaskResult, TaskSpec, WorkerInfo,
 };
+
+mod objects;
+use objects::{Object, ObjectRef};
 
 /// Identifies a connected client session.
 pub type SessionId = u64;
@@ -133,6 +138,30 @@ pub enum Event {
         /// Current time.
         now: Instant,
     },
+    /// An object of a session is in the scheduler's store (written there by the client
+    /// or received on an object stream); the driver holds it until [`Action::ForgetObject`].
+    ObjectStored {
+        /// The session that pinned it.
+        session: SessionId,
+        /// The object (its tenant is the session's).
+        header: ObjectHeader,
+    },
+    /// A worker answered a pin.
+    WorkerPinned {
+        /// The worker.
+        worker: WorkerId,
+        /// The object's tenant.
+        tenant: String,
+        /// Its answer.
+        reply: PinReply,
+    },
+    /// A session no longer needs these objects.
+    Release {
+        /// The session.
+        session: SessionId,
+        /// The objects.
+        keys: Vec<ObjectKey>,
+    },
 }
 
 /// Something the driver must do.
@@ -166,6 +195,37 @@ pub enum Action {
         /// Why, for the worker's log.
         reason: String,
     },
+    /// Give a worker an object from the scheduler's store (through the store they share,
+    /// or on an object stream); it answers with [`Event::WorkerPinned`].
+    PinOnWorker {
+        /// Target worker.
+        worker: WorkerId,
+        /// The object, tenant set.
+        header: ObjectHeader,
+    },
+    /// Tell a worker to drop an object.
+    UnpinOnWorker {
+        /// Target worker.
+        worker: WorkerId,
+        /// The object's tenant.
+        tenant: String,
+        /// The object.
+        key: ObjectKey,
+    },
+    /// Answer a session's pin.
+    ReplyPinned {
+        /// Target session.
+        session: SessionId,
+        /// The answer.
+        reply: PinReply,
+    },
+    /// The scheduler no longer needs its own copy of an object.
+    ForgetObject {
+        /// The object's tenant.
+        tenant: String,
+        /// The object.
+        key: ObjectKey,
+    },
 }
 
 /// Scheduler-internal task key (client task ids are only unique per session).
@@ -183,6 +243,7 @@ struct Task {
     id: TaskId,
     kind: TaskKind,
     payload: Vec<u8>,
+    needs: Vec<ObjectKey>,
     state: TaskState,
     /// Workers lost while running it.
     lost: u32,
@@ -198,6 +259,8 @@ struct Session {
     tasks: HashMap<TaskId, TaskKey>,
     /// Whether the session is in the round-robin ring.
     in_ring: bool,
+    /// Pinned objects it holds.
+    objects: Vec<ObjectKey>,
 }
 
 #[derive(Debug)]
@@ -231,6 +294,8 @@ pub struct SchedulerState {
     next_attempt: AttemptId,
     /// Moving average of reported run times, in microseconds.
     run_micros_avg: Option<f64>,
+    /// Pinned objects.
+    objects: HashMap<ObjectRef, Object>,
     actions: Vec<Action>,
 }
 
@@ -250,6 +315,7 @@ impl SchedulerState {
             next_key: 1,
             next_attempt: 1,
             run_micros_avg: None,
+            objects: HashMap::new(),
             actions: Vec::new(),
         }
     }
@@ -260,11 +326,20 @@ impl SchedulerState {
             Event::ClientJoined { session, tenant, name } => {
                 self.sessions.insert(
                     session,
-                    Session { tenant, name, queue: VecDeque::new(), tasks: HashMap::new(), in_ring: false },
+                    Session {
+                        tenant,
+                        name,
+                        queue: VecDeque::new(),
+                        tasks: HashMap::new(),
+                        in_ring: false,
+                        objects: Vec::new(),
+                    },
                 );
             }
             Event::ClientLeft { session } => {
                 self.cancel_session(session, false);
+                let keys = self.sessions.get(&session).map(|s| s.objects.clone()).unwrap_or_default();
+                self.release(session, &keys);
                 self.sessions.remove(&session);
             }
             Event::Submit { session, tasks } => self.submit(session, tasks),
@@ -283,6 +358,7 @@ impl SchedulerState {
                     worker,
                     Worker { name, address, slots, assigned: FxHashSet::default(), last_seen: now, done: 0 },
                 );
+                self.pin_all_on(worker);
             }
             Event::WorkerLeft { worker } => self.worker_lost(worker, "its connection closed"),
             Event::Heartbeat { worker, now } => {
@@ -305,6 +381,9 @@ impl SchedulerState {
                     self.worker_lost(worker, &reason);
                 }
             }
+            Event::ObjectStored { session, header } => self.object_stored(session, header),
+            Event::WorkerPinned { worker, tenant, reply } => self.worker_pinned(worker, &tenant, reply),
+            Event::Release { session, keys } => self.release(session, &keys),
         }
         self.schedule();
     }
@@ -326,6 +405,8 @@ impl SchedulerState {
                 slots: w.slots,
                 running: w.assigned.len() as u32,
                 done: w.done,
+                pinned_bytes: self.pinned_bytes(*id),
+                object_bytes_sent: 0,
             })
             .collect();
         let mut sessions: Vec<SessionInfo> = self
@@ -348,6 +429,8 @@ impl SchedulerState {
                 failed: self.failed,
             },
             sessions,
+            pinned: self.pinned_info(),
+            object_bytes_received: 0,
         }
     }
 
@@ -356,17 +439,21 @@ impl SchedulerState {
             return;
         };
         for spec in specs {
-            if s.tasks.contains_key(&spec.id) {
+            let refusal = if s.tasks.contains_key(&spec.id) {
+                Some(format!("task id {} is already in use in this session", spec.id))
+            } else {
+                spec.needs.iter().find(|k| !s.objects.contains(k)).map(|k| {
+                    format!(
+                        "object {} is not pinned in this session; hint: scatter it with this client first",
+                        hex::encode(k)
+                    )
+                })
+            };
+            if let Some(message) = refusal {
                 self.failed += 1;
                 self.actions.push(Action::Deliver {
                     session,
-                    result: TaskResult {
-                        id: spec.id,
-                        outcome: error(
-                            ErrorKind::Rejected,
-                            format!("task id {} is already in use in this session", spec.id),
-                        ),
-                    },
+                    result: TaskResult { id: spec.id, outcome: error(ErrorKind::Rejected, message) },
                 });
                 continue;
             }
@@ -382,6 +469,7 @@ impl SchedulerState {
                     id: spec.id,
                     kind: spec.kind,
                     payload: spec.payload,
+                    needs: spec.needs,
                     state: TaskState::Queued,
                     lost: 0,
                 },
@@ -436,6 +524,7 @@ impl SchedulerState {
             return;
         };
         tracing::warn!(worker, name = %w.name, reason, attempts = w.assigned.len(), "worker lost");
+        self.forget_worker_pins(worker);
         let reason = format!("worker {} ({}) was lost: {reason}", w.name, w.address);
         let mut attempts: Vec<AttemptId> = w.assigned.into_iter().collect();
         attempts.sort_unstable(); // requeue in assignment order
@@ -573,7 +662,14 @@ impl SchedulerState {
 
     /// Pops the next queued task in session turn order and assigns it to `worker`.
     fn assign_next(&mut self, worker: WorkerId) -> bool {
-        while let Some(session) = self.ring.pop_front() {
+        for _ in 0..self.ring.len() {
+            let Some(session) = self.ring.pop_front() else {
+                break;
+            };
+            if !self.holds_objects_of(worker, session) {
+                self.ring.push_back(session);
+                continue;
+            }
             let Some(s) = self.sessions.get_mut(&session) else {
                 continue;
             };
@@ -604,7 +700,13 @@ impl SchedulerState {
             }
             self.actions.push(Action::Run {
                 worker,
-                assignment: Assignment { attempt, tenant, kind: task.kind, payload: task.payload.clone() },
+                assignment: Assignment {
+                    attempt,
+                    tenant,
+                    kind: task.kind,
+                    payload: task.payload.clone(),
+                    needs: task.needs.clone(),
+                },
             });
             return true;
         }

@@ -4,15 +4,20 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::proto::{Assignment, Builtin, ErrorKind, Outcome, TaskError, TaskKind};
+use crate::proto::{Assignment, Builtin, ErrorKind, ObjectKey, Outcome, TaskError, TaskKind};
+use crate::store::SharedPinned;
 
 /// A boxed, sendable outcome future.
 pub type OutcomeFuture = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
 
 /// Runs attempts of some task kinds.
 pub trait Executor: Send + Sync + 'static {
-    /// Runs one attempt. Dropping the future stops it.
-    fn run(&self, assignment: Assignment) -> OutcomeFuture;
+    /// Runs one attempt with the pinned objects it needs (in the order of
+    /// `assignment.needs`). Dropping the future stops it.
+    fn run(&self, assignment: Assignment, pins: Vec<SharedPinned>) -> OutcomeFuture;
+
+    /// The worker dropped an object: let go of anything derived from it.
+    fn forget(&self, _tenant: &str, _key: &ObjectKey) {}
 }
 
 /// The built-in kinds: `noop`, `sleep`, `echo`, `fail`.
@@ -20,7 +25,7 @@ pub trait Executor: Send + Sync + 'static {
 pub struct BuiltinExecutor;
 
 impl Executor for BuiltinExecutor {
-    fn run(&self, assignment: Assignment) -> OutcomeFuture {
+    fn run(&self, assignment: Assignment, _pins: Vec<SharedPinned>) -> OutcomeFuture {
         match assignment.kind {
             TaskKind::Builtin(Builtin::Noop) => Box::pin(std::future::ready(Outcome::Ok(Vec::new()))),
             TaskKind::Builtin(Builtin::Echo) => Box::pin(std::future::ready(Outcome::Ok(assignment.payload))),
@@ -28,9 +33,9 @@ impl Executor for BuiltinExecutor {
                 ErrorKind::Failed,
                 String::from_utf8_lossy(&assignment.payload).into_owned(),
             ))),
-            TaskKind::Python => Box::pin(std::future::ready(failed(
+            TaskKind::Python | TaskKind::Wasm => Box::pin(std::future::ready(failed(
                 ErrorKind::Rejected,
-                "this executor does not run Python tasks".into(),
+                format!("this executor does not run {:?} tasks", assignment.kind),
             ))),
             TaskKind::Builtin(Builtin::Sleep) => {
                 let millis = std::str::from_utf8(&assignment.payload).ok().and_then(|s| s.trim().parse::<u64>().ok());
@@ -64,10 +69,14 @@ pub struct Executors {
 }
 
 impl Executor for Executors {
-    fn run(&self, assignment: Assignment) -> OutcomeFuture {
+    fn run(&self, assignment: Assignment, pins: Vec<SharedPinned>) -> OutcomeFuture {
         match assignment.kind {
-            TaskKind::Builtin(_) => self.builtin.run(assignment),
-            TaskKind::Python => self.python.run(assignment),
+            TaskKind::Builtin(_) | TaskKind::Wasm => self.builtin.run(assignment, pins),
+            TaskKind::Python => self.python.run(assignment, pins),
         }
+    }
+
+    fn forget(&self, tenant: &str, key: &ObjectKey) {
+        self.python.forget(tenant, key);
     }
 }

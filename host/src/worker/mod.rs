@@ -2,11 +2,12 @@
 //! an [`Executor`], around the sans-IO [`state::WorkerState`].
 
 pub mod executor;
+pub mod pins;
 pub mod state;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -17,7 +18,12 @@ pub use executor::{BuiltinExecutor, Executor, Executors};
 use state::{WorkerAction, WorkerEvent, WorkerState};
 
 use crate::net::{dial, DialError, Target};
-use crate::proto::{AttemptId, AttemptResult, FrameError, FromWorker, Peer, ToWorker, WorkerHello};
+use crate::proto::{
+    AttemptId, AttemptResult, FrameError, FromWorker, ObjectHeader, Outcome, Peer, PinOutcome, PinReply, TaskError,
+    ToWorker, WorkerHello,
+};
+use crate::store::{stream, Store};
+use pins::PinTable;
 
 /// How a worker runs.
 #[derive(Clone)]
@@ -32,6 +38,10 @@ pub struct WorkerOptions {
     pub executor: Arc<dyn Executor>,
     /// Bound on connecting.
     pub connect_timeout: Duration,
+    /// Where pinned objects are kept.
+    pub store: Store,
+    /// Bound on the bytes of pinned objects (`--memory-limit`).
+    pub memory_limit: Option<u64>,
 }
 
 /// Why a worker stopped.
@@ -50,6 +60,8 @@ enum Input {
     FromScheduler(ToWorker),
     Completed(AttemptResult),
     Heartbeat,
+    /// A pin ended (from an object stream).
+    Pinned(String, PinReply),
 }
 
 /// Connects and runs until the scheduler goes away or `shutdown` completes. Calls
@@ -59,7 +71,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(u64),
 ) -> Result<(), WorkerError> {
-    let peer = Peer::Worker(WorkerHello { name: options.name.clone(), slots: options.slots });
+    let peer = Peer::Worker(WorkerHello {
+        name: options.name.clone(),
+        slots: options.slots,
+        store_id: options.store.id().to_string(),
+    });
     let connected = dial(&options.target, peer, options.connect_timeout).await?;
     let conn = connected.conn.clone();
     let mut writer = connected.writer;
@@ -93,6 +109,9 @@ pub async fn run(
         })
     };
 
+    let table = Arc::new(Mutex::new(PinTable::new(options.name.clone(), options.memory_limit)));
+    let objects = tokio::spawn(accept_objects(conn.clone(), options.store.clone(), table.clone(), tx.clone()));
+    let mut pin_replies = Vec::new();
     let mut state = WorkerState::new(options.slots);
     let mut running: HashMap<AttemptId, JoinHandle<()>> = HashMap::new();
     let mut finished = Vec::new();
@@ -105,6 +124,21 @@ pub async fn run(
                     tracing::trace!(?msg, "from scheduler");
                 }
                 let event = match input {
+                    Input::FromScheduler(ToWorker::Pin(header)) => {
+                        let reply = pin_local(&options.store, &table, &header);
+                        pin_replies.push(FromWorker::Pinned(header.tenant, reply));
+                        continue;
+                    }
+                    Input::FromScheduler(ToWorker::Unpin(tenant, key)) => {
+                        if lock(&table).remove(&tenant, &key) {
+                            options.executor.forget(&tenant, &key);
+                        }
+                        continue;
+                    }
+                    Input::Pinned(tenant, reply) => {
+                        pin_replies.push(FromWorker::Pinned(tenant, reply));
+                        continue;
+                    }
                     Input::FromScheduler(ToWorker::Run(assignments)) => WorkerEvent::Assigned(assignments),
                     Input::FromScheduler(ToWorker::Cancel(attempts)) => WorkerEvent::CancelRequested(attempts),
                     Input::Completed(result) => {
@@ -123,7 +157,10 @@ pub async fn run(
                         WorkerAction::Start(assignment) => {
                             let attempt = assignment.attempt;
                             let started = Instant::now();
-                            let mut future = options.executor.run(assignment);
+                            let mut future = match lock(&table).resolve(&assignment.tenant, &assignment.needs) {
+                                Ok(pins) => options.executor.run(assignment, pins),
+                                Err(e) => Box::pin(std::future::ready(Outcome::Err(e))),
+                            };
                             // Tasks that finish at once (no-ops, echoes) skip the spawn.
                             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
                             if let std::task::Poll::Ready(outcome) = future.as_mut().poll(&mut cx) {
@@ -153,6 +190,9 @@ pub async fn run(
                     }
                 }
             }
+            for reply in pin_replies.drain(..) {
+                writer.push(&reply)?;
+            }
             if !finished.is_empty() {
                 writer.push(&FromWorker::Finished(std::mem::take(&mut finished)))?;
             }
@@ -181,10 +221,78 @@ pub async fn run(
         }
     };
     ticker.abort();
+    objects.abort();
     for handle in running.values() {
         handle.abort();
     }
     conn.close(crate::proto::CloseCode::Normal.code(), b"worker stopped");
     let _ = tokio::time::timeout(Duration::from_secs(1), connected.endpoint.wait_idle()).await;
     result
+}
+
+fn lock(table: &Mutex<PinTable>) -> std::sync::MutexGuard<'_, PinTable> {
+    // A panic while holding the lock cannot leave the table inconsistent (every
+    // method updates it in one step), so a poisoned lock is still usable.
+    table.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn refused(header: &ObjectHeader, err: TaskError) -> PinReply {
+    tracing::warn!(key = %hex::encode(header.key), error = %err.message, "cannot pin an object");
+    PinReply { key: header.key, outcome: PinOutcome::Failed(err) }
+}
+
+fn store_error(e: impl std::fmt::Display) -> TaskError {
+    TaskError { kind: crate::proto::ErrorKind::DataLost, message: e.to_string(), detail: Vec::new() }
+}
+
+/// Pins an object from the store this worker shares with the scheduler.
+fn pin_local(store: &Store, table: &Mutex<PinTable>, header: &ObjectHeader) -> PinReply {
+    if let Err(e) = lock(table).reserve(header) {
+        return refused(header, e);
+    }
+    match store.pin(&header.tenant, header) {
+        Ok(pinned) => lock(table).insert(pinned),
+        Err(e) => {
+            lock(table).unreserve(header);
+            refused(header, store_error(e))
+        }
+    }
+}
+
+/// Receives the objects the scheduler streams, each on its own stream.
+async fn accept_objects(
+    conn: quinn::Connection,
+    store: Store,
+    table: Arc<Mutex<PinTable>>,
+    tx: mpsc::UnboundedSender<Input>,
+) {
+    while let Ok(mut recv) = conn.accept_uni().await {
+        let (store, table, tx) = (store.clone(), table.clone(), tx.clone());
+        tokio::spawn(async move {
+            let header = match stream::receive_header(&mut recv).await {
+                Ok(header) => header,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad object stream from the scheduler");
+                    return;
+                }
+            };
+            if let Err(e) = lock(&table).reserve(&header) {
+                let _ = recv.stop(quinn::VarInt::from_u32(0));
+                let _ = tx.send(Input::Pinned(header.tenant.clone(), refused(&header, e)));
+                return;
+            }
+            let received = match store.writer(&header.tenant, Some((header.key, header.size))) {
+                Ok(writer) => stream::receive_body(&mut recv, writer, &header).await.map_err(store_error),
+                Err(e) => Err(store_error(e)),
+            };
+            let reply = match received {
+                Ok(pinned) => lock(&table).insert(pinned),
+                Err(e) => {
+                    lock(&table).unreserve(&header);
+                    refused(&header, e)
+                }
+            };
+            let _ = tx.send(Input::Pinned(header.tenant, reply));
+        });
+    }
 }

@@ -104,7 +104,13 @@ mod tests {
     use crate::proto::{Builtin, TaskKind};
 
     fn a(attempt: AttemptId) -> Assignment {
-        Assignment { attempt, tenant: "t".into(), kind: TaskKind::Builtin(Builtin::Noop), payload: vec![] }
+        Assignment {
+            attempt,
+            tenant: "t".into(),
+            kind: TaskKind::Builtin(Builtin::Noop),
+            payload: vec![],
+            needs: vec![],
+        }
     }
 
     fn done(attempt: AttemptId) -> AttemptResult {

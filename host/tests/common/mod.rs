@@ -44,6 +44,8 @@ pub struct Cluster {
     pub scheduler: Proc,
     pub workers: Vec<Proc>,
     pub worker_args: Vec<String>,
+    /// Whether each process gets its own object store (as on separate machines).
+    pub separate_stores: bool,
 }
 
 fn bin() -> &'static str {
@@ -94,6 +96,18 @@ impl Cluster {
 
     /// As [`Cluster::start`], with extra arguments for every worker.
     pub fn start_with(workers: usize, slots: u32, scheduler_args: &[&str], worker_args: &[&str]) -> Self {
+        Self::start_full(workers, slots, scheduler_args, worker_args, false)
+    }
+
+    /// As [`Cluster::start_with`]; with `separate_stores`, every process keeps pinned
+    /// objects in its own directory, so objects travel as between machines.
+    pub fn start_full(
+        workers: usize,
+        slots: u32,
+        scheduler_args: &[&str],
+        worker_args: &[&str],
+        separate_stores: bool,
+    ) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("stockade-it-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -102,10 +116,14 @@ impl Cluster {
         let mut args: Vec<String> = vec!["scheduler".into(), "--port".into(), "0".into(), "--scheduler-file".into()];
         args.push(scheduler_file.display().to_string());
         args.extend(scheduler_args.iter().map(|s| s.to_string()));
+        if separate_stores {
+            args.extend(["--store-dir".to_string(), dir.join("store-scheduler").display().to_string()]);
+        }
         let (scheduler, ready) = spawn(&dir, "scheduler", &args);
         let address = ready["address"].as_str().expect("address").to_string();
         let worker_args = worker_args.iter().map(|s| s.to_string()).collect();
-        let mut cluster = Self { dir, scheduler_file, address, scheduler, workers: Vec::new(), worker_args };
+        let mut cluster =
+            Self { dir, scheduler_file, address, scheduler, workers: Vec::new(), worker_args, separate_stores };
         for _ in 0..workers {
             cluster.add_worker(slots);
         }
@@ -124,6 +142,9 @@ impl Cluster {
             name.clone(),
         ];
         args.extend(self.worker_args.iter().cloned());
+        if self.separate_stores {
+            args.extend(["--store-dir".to_string(), self.store_dir(&name).display().to_string()]);
+        }
         let (proc, _) = spawn(&self.dir, &name, &args);
         self.workers.push(proc);
         self.workers.last_mut().expect("just pushed")
@@ -134,8 +155,19 @@ impl Cluster {
     }
 
     pub async fn client(&self) -> Client {
-        let options = ClientOptions { target: self.target(), name: "test".into(), connect_timeout: WAIT };
+        self.client_with(true).await
+    }
+
+    /// A client that writes pinned objects into the scheduler's store (`share_store`)
+    /// or streams them as a client on another machine would.
+    pub async fn client_with(&self, share_store: bool) -> Client {
+        let options = ClientOptions { target: self.target(), name: "test".into(), connect_timeout: WAIT, share_store };
         Client::connect(options).await.expect("client connects")
+    }
+
+    /// The store directory of a process started with [`Cluster::separate_stores`].
+    pub fn store_dir(&self, process: &str) -> PathBuf {
+        self.dir.join(format!("store-{process}"))
     }
 
     /// Runs the `stockade` binary against this cluster and returns (status, stdout, stderr).

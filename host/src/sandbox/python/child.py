@@ -6,9 +6,14 @@ worker's log), never into the protocol.
 
 Frames are a little-endian u32 length and that many bytes.
 - First, the child sends a JSON hello: python and cloudpickle versions, pid.
-- Each request is one frame: an optional version header line
-  `stockade:python=MAJOR.MINOR;cloudpickle=VERSION\n` written by the client, then a
-  cloudpickle of a zero-argument callable.
+- Each request is one frame: a u32 length and that many bytes of JSON object update
+  ({"pins": {KEY: {"path", "pickle": [offset, length], "buffers": [[offset, length],
+  ...]}}, "forget": [KEY, ...]}; length 0 when there is none), then the task: an
+  optional version header line `stockade:python=MAJOR.MINOR;cloudpickle=VERSION\n`
+  written by the client, then a cloudpickle of a zero-argument callable. A request
+  with no task only applies the update. The pickle refers to pinned objects by
+  persistent id ("stockade/pin", KEY); the child maps the object's file read-only once
+  and rebuilds the object over the mapping (numpy arrays without a copy).
 - Each answer is one frame: a status byte, then
     0: cloudpickle of the result,
     1: cloudpickle of a dict describing the exception: "exception" (its own pickle, or
@@ -18,11 +23,14 @@ Frames are a little-endian u32 length and that many bytes.
        undoes what an __init__ did to its arguments, and uses the pickle only for
        classes that define their own __reduce__.
     2: UTF-8 text: the request was refused (versions differ), nothing ran.
+    3: empty: the update of a request without a task was applied.
 """
 
 import io
 import json
+import mmap
 import os
+import pickle
 import signal
 import struct
 import sys
@@ -30,8 +38,9 @@ import traceback
 
 import cloudpickle
 
-OK, RAISED, REFUSED = 0, 1, 2
+OK, RAISED, REFUSED, DONE = 0, 1, 2, 3
 HEADER = b"stockade:"
+PIN = "stockade/pin"
 
 
 def _read_exact(stream, n):
@@ -77,21 +86,69 @@ def _error_payload(exc):
     })
 
 
-def _check_header(payload, ours):
-    """Splits off the client's version header; returns (pickle bytes, refusal or None)."""
-    if not payload.startswith(HEADER):
-        return payload, None
-    end = payload.find(b"\n")
+def _check_header(request, start, ours):
+    """Splits off the client's version header of the task at `start` of `request`;
+    returns (pickle bytes, refusal or None), copying the pickle once."""
+    if not request.startswith(HEADER, start):
+        return request[start:], None
+    end = request.find(b"\n", start, start + 256)
     if end < 0:
-        return payload, "malformed version header"
-    theirs = payload[len(HEADER):end].decode("utf-8", "replace")
+        return None, "malformed version header"
+    theirs = request[start + len(HEADER):end].decode("utf-8", "replace")
     if theirs != ours:
         return None, (
             f"version mismatch: the client has {theirs}, this worker's Python has {ours}; "
             "hint: run workers with --python pointing to an environment with the client's "
             "Python minor version and cloudpickle version"
         )
-    return payload[end + 1:], None
+    return request[end + 1:], None
+
+
+class Objects:
+    """Pinned objects this child may read: locations, mappings, rebuilt objects."""
+
+    def __init__(self):
+        self.locations = {}
+        self.loaded = {}
+
+    def update(self, raw):
+        if not raw:
+            return
+        update = json.loads(raw)
+        for key in update.get("forget", ()):
+            self.locations.pop(key, None)
+            # The mapping closes when the last object built over it is collected.
+            self.loaded.pop(key, None)
+        self.locations.update(update.get("pins", {}))
+
+    def get(self, key):
+        obj = self.loaded.get(key)
+        if obj is not None:
+            return obj[0]
+        where = self.locations.get(key)
+        if where is None:
+            raise pickle.UnpicklingError(f"pinned object {key} is not known to this worker")
+        with open(where["path"], "rb") as f:
+            view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        start, length = where["pickle"]
+        buffers = [view[o:o + n] for o, n in where["buffers"]]
+        value = pickle.loads(view[start:start + length], buffers=buffers)
+        self.loaded[key] = (value,)
+        return value
+
+
+OBJECTS = Objects()
+
+
+class _Unpickler(pickle.Unpickler):
+    def persistent_load(self, pid):
+        if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == PIN:
+            return OBJECTS.get(pid[1])
+        raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
+
+
+def _loads(payload):
+    return _Unpickler(io.BytesIO(payload)).load()
 
 
 _nested_registered = False
@@ -138,15 +195,25 @@ def main():
         if header is None:
             return
         (length,) = struct.unpack("<I", header)
-        payload = _read_exact(proto_in, length)
-        if payload is None:
+        request = _read_exact(proto_in, length)
+        if request is None:
             return
-        payload, refusal = _check_header(payload, ours)
+        (update_len,) = struct.unpack_from("<I", request)
+        try:
+            OBJECTS.update(request[4:4 + update_len])
+        except BaseException as exc:  # noqa: BLE001 - reported like a task failure
+            _write(proto_out, RAISED, _error_payload(exc))
+            continue
+        if len(request) == 4 + update_len:
+            _write(proto_out, DONE, b"")
+            continue
+        payload, refusal = _check_header(request, 4 + update_len, ours)
+        del request
         if refusal is not None:
             _write(proto_out, REFUSED, refusal.encode())
             continue
         try:
-            func = cloudpickle.loads(payload)
+            func = _loads(payload)
             _register_nested_backend()
             result = func()
             body = cloudpickle.dumps(result)

@@ -6,15 +6,23 @@
 //! attempt with [`ErrorKind::WorkerLost`], so the scheduler requeues it as it would for a
 //! lost worker; the worker itself lives on. Dropping a task's future (cancellation)
 //! kills the child running it. The worker never unpickles: it moves bytes.
+//!
+//! Pinned objects reach a child as file locations: with a task that needs them, the
+//! worker tells the child (once per child) where each object's file is and where its
+//! pickle and buffers sit in it; the child maps the file read-only and rebuilds the
+//! object over the mapping (numpy arrays without a copy). When the worker drops an
+//! object, its children drop their mappings too, idle ones at once, busy ones after
+//! their task.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::proto::{Assignment, ErrorKind, Outcome, TaskError, DEFAULT_MAX_FRAME};
+use crate::proto::{Assignment, ErrorKind, ObjectKey, Outcome, TaskError, DEFAULT_MAX_FRAME};
+use crate::store::SharedPinned;
 use crate::worker::executor::{failed, Executor, OutcomeFuture};
 
 /// The child's source, run with `python -c`.
@@ -26,6 +34,8 @@ const STATUS_OK: u8 = 0;
 const STATUS_RAISED: u8 = 1;
 /// Answer status: refused before running (the client's Python or cloudpickle differ).
 const STATUS_REFUSED: u8 = 2;
+/// Answer status: a request without a task (only object updates) was applied.
+const STATUS_DONE: u8 = 3;
 
 /// How Python children are started.
 #[derive(Debug, Clone)]
@@ -76,6 +86,24 @@ struct PyChild {
     stdout: ChildStdout,
     hello: ChildHello,
     tasks: u32,
+    /// Objects whose location this child was told.
+    known: HashSet<ObjectKey>,
+}
+
+/// What a request tells the child about pinned objects, before the task (JSON).
+#[derive(serde::Serialize, Default)]
+struct ObjectUpdate {
+    /// New objects: key (hex) → location.
+    pins: HashMap<String, ObjectLocation>,
+    /// Objects to let go of (hex keys).
+    forget: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+struct ObjectLocation {
+    path: String,
+    pickle: (u64, u64),
+    buffers: Vec<(u64, u64)>,
 }
 
 impl PyChild {
@@ -93,24 +121,67 @@ impl PyChild {
         let (Some(stdin), Some(mut stdout)) = (process.stdin.take(), process.stdout.take()) else {
             return Err(hello_err("no pipes".into()));
         };
-        let frame = read_frame(&mut stdout, 64 * 1024).await.map_err(|e| hello_err(e.to_string()))?;
+        let frame = read_frame(&mut stdout, HELLO_MAX).await.map_err(|e| hello_err(e.to_string()))?;
         let hello: ChildHello = serde_json::from_slice(&frame).map_err(|e| hello_err(format!("bad hello: {e}")))?;
         tracing::debug!(pid = hello.pid, python = %hello.python, cloudpickle = %hello.cloudpickle, "python child started");
-        Ok(Self { process, stdin, stdout, hello, tasks: 0 })
+        Ok(Self { process, stdin, stdout, hello, tasks: 0, known: HashSet::new() })
     }
 
-    /// Sends one payload and reads the answer.
-    async fn call(&mut self, payload: &[u8]) -> Result<Outcome, ChildError> {
+    /// The update that tells this child about `pins` it has not seen and makes it drop
+    /// `forget` (JSON, empty when there is nothing to say).
+    fn update(&mut self, pins: &[SharedPinned], forget: &[ObjectKey]) -> Vec<u8> {
+        let mut update = ObjectUpdate::default();
+        for pin in pins {
+            let key = pin.header().key;
+            if let (Some(layout), false) = (pin.layout(), self.known.contains(&key)) {
+                self.known.insert(key);
+                let location = ObjectLocation {
+                    path: pin.path().display().to_string(),
+                    pickle: layout.pickle,
+                    buffers: layout.buffers.clone(),
+                };
+                update.pins.insert(hex::encode(key), location);
+            }
+        }
+        for key in forget {
+            if self.known.remove(key) {
+                update.forget.push(hex::encode(key));
+            }
+        }
+        if update.pins.is_empty() && update.forget.is_empty() {
+            return Vec::new();
+        }
+        serde_json::to_vec(&update).unwrap_or_default()
+    }
+
+    /// Makes the child drop objects.
+    async fn forget(&mut self, keys: &[ObjectKey]) -> Result<(), ChildError> {
+        let update = self.update(&[], keys);
+        if update.is_empty() {
+            return Ok(());
+        }
+        match self.call(&update, &[]).await? {
+            Outcome::Ok(_) => Ok(()),
+            Outcome::Err(e) => Err(ChildError::Protocol { pid: self.hello.pid, detail: e.message }),
+        }
+    }
+
+    /// Sends one request (an object update, then the payload) and reads the answer.
+    async fn call(&mut self, update: &[u8], payload: &[u8]) -> Result<Outcome, ChildError> {
         let io = async {
-            let len = u32::try_from(payload.len()).map_err(|_| std::io::Error::other("payload over 4 GiB"))?;
+            let too_big = || std::io::Error::other("request over 4 GiB");
+            let update_len = u32::try_from(update.len()).map_err(|_| too_big())?;
+            let len = u32::try_from(4 + update.len() + payload.len()).map_err(|_| too_big())?;
+            let mut head = Vec::with_capacity(8 + update.len() + payload.len().min(64 * 1024));
+            head.extend_from_slice(&len.to_le_bytes());
+            head.extend_from_slice(&update_len.to_le_bytes());
+            head.extend_from_slice(update);
             if payload.len() < 64 * 1024 {
                 // One write: the child wakes once per task.
-                let mut frame = Vec::with_capacity(4 + payload.len());
-                frame.extend_from_slice(&len.to_le_bytes());
-                frame.extend_from_slice(payload);
-                self.stdin.write_all(&frame).await?;
+                head.extend_from_slice(payload);
+                self.stdin.write_all(&head).await?;
             } else {
-                self.stdin.write_all(&len.to_le_bytes()).await?;
+                self.stdin.write_all(&head).await?;
                 self.stdin.write_all(payload).await?;
             }
             self.stdin.flush().await?;
@@ -127,6 +198,7 @@ impl PyChild {
         };
         match status {
             STATUS_OK => Ok(Outcome::Ok(body.to_vec())),
+            STATUS_DONE => Ok(Outcome::Ok(Vec::new())),
             STATUS_RAISED => Ok(Outcome::Err(TaskError {
                 kind: ErrorKind::Failed,
                 message: "the task raised an exception (see detail)".into(),
@@ -181,17 +253,51 @@ async fn read_frame(stdout: &mut ChildStdout, max: usize) -> std::io::Result<Vec
     Ok(body)
 }
 
+/// Largest hello a child may send.
+const HELLO_MAX: usize = 64 * 1024;
+
 /// Warm children per tenant.
 #[derive(Clone)]
 pub struct PythonExecutor {
     config: Arc<PythonConfig>,
     idle: Arc<Mutex<HashMap<String, Vec<PyChild>>>>,
+    /// Objects the worker dropped, per tenant: children that know them forget them.
+    dropped: Arc<Mutex<HashMap<String, HashSet<ObjectKey>>>>,
 }
 
 impl PythonExecutor {
     /// An executor with no children yet; they start on first use.
     pub fn new(config: PythonConfig) -> Self {
-        Self { config: Arc::new(config), idle: Arc::new(Mutex::new(HashMap::new())) }
+        Self { config: Arc::new(config), idle: Arc::default(), dropped: Arc::default() }
+    }
+
+    /// Objects of `tenant` that `child` knows and the worker dropped.
+    fn stale(&self, tenant: &str, child: &PyChild) -> Vec<ObjectKey> {
+        let Ok(dropped) = self.dropped.lock() else {
+            return Vec::new();
+        };
+        dropped.get(tenant).map(|d| child.known.intersection(d).copied().collect()).unwrap_or_default()
+    }
+
+    /// Objects in use again are no longer dropped.
+    fn revive(&self, tenant: &str, pins: &[SharedPinned]) {
+        if let Ok(mut dropped) = self.dropped.lock() {
+            if let Some(d) = dropped.get_mut(tenant) {
+                for pin in pins {
+                    d.remove(&pin.header().key);
+                }
+            }
+        }
+    }
+
+    /// Makes a child forget dropped objects, then returns it to the pool.
+    async fn settle(&self, tenant: String, mut child: PyChild) {
+        let stale = self.stale(&tenant, &child);
+        if let Err(e) = child.forget(&stale).await {
+            tracing::warn!(error = %e, "python child failed while dropping objects");
+            return;
+        }
+        self.give_back(tenant, child);
     }
 
     fn take_idle(&self, tenant: &str) -> Option<PyChild> {
@@ -222,10 +328,11 @@ impl PythonExecutor {
 }
 
 impl Executor for PythonExecutor {
-    fn run(&self, assignment: Assignment) -> OutcomeFuture {
+    fn run(&self, assignment: Assignment, pins: Vec<SharedPinned>) -> OutcomeFuture {
         let this = self.clone();
         Box::pin(async move {
             let tenant = assignment.tenant;
+            this.revive(&tenant, &pins);
             let mut child = match this.take_idle(&tenant) {
                 Some(child) => child,
                 None => match PyChild::spawn(&this.config).await {
@@ -233,9 +340,13 @@ impl Executor for PythonExecutor {
                     Err(e) => return failed(ErrorKind::WorkerLost, e.to_string()),
                 },
             };
-            match child.call(&assignment.payload).await {
+            let stale = this.stale(&tenant, &child);
+            let update = child.update(&pins, &stale);
+            match child.call(&update, &assignment.payload).await {
                 Ok(outcome) => {
-                    this.give_back(tenant, child);
+                    // The child maps the objects itself; it needs no handle of ours.
+                    drop(pins);
+                    this.settle(tenant, child).await;
                     outcome
                 }
                 Err(e) => {
@@ -244,5 +355,27 @@ impl Executor for PythonExecutor {
                 }
             }
         })
+    }
+
+    fn forget(&self, tenant: &str, key: &ObjectKey) {
+        if let Ok(mut dropped) = self.dropped.lock() {
+            dropped.entry(tenant.to_string()).or_default().insert(*key);
+        }
+        // Idle children let go at once (busy ones when their task ends).
+        let children: Vec<PyChild> = match self.idle.lock() {
+            Ok(mut idle) => match idle.get_mut(tenant) {
+                Some(list) => {
+                    let (knowing, rest): (Vec<_>, Vec<_>) = list.drain(..).partition(|c| c.known.contains(key));
+                    *list = rest;
+                    knowing
+                }
+                None => Vec::new(),
+            },
+            Err(_) => Vec::new(),
+        };
+        for child in children {
+            let (this, tenant) = (self.clone(), tenant.to_string());
+            tokio::spawn(async move { this.settle(tenant, child).await });
+        }
     }
 }

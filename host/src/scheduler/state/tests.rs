@@ -8,7 +8,7 @@ fn t0() -> Instant {
 }
 
 fn spec(id: TaskId) -> TaskSpec {
-    TaskSpec { id, kind: TaskKind::Builtin(Builtin::Noop), payload: id.to_le_bytes().to_vec() }
+    TaskSpec { id, kind: TaskKind::Builtin(Builtin::Noop), payload: id.to_le_bytes().to_vec(), needs: vec![] }
 }
 
 fn ok(attempt: AttemptId) -> AttemptResult {

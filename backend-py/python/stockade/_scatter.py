@@ -1,0 +1,176 @@
+"""Scatter: objects pinned once on every worker and referred to by key.
+
+An object is pickled with protocol 5; its out-of-band buffers (numpy arrays, pandas
+blocks, any ``PickleBuffer``) stay separate and are written, 64-byte aligned, into an
+rkyv archive in shared memory (layout: ``stockade_guest::archive``), keyed by the hash
+of its bytes. Task pickles then carry only the key, as a persistent id, wherever the
+object sits in the arguments; the worker's Python child maps the archive read-only and
+rebuilds the object over the mapping, so numpy arrays arrive without a copy (and, as
+with loky's memmaps, read-only).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import pickle
+import sys
+import threading
+from typing import Any
+
+import cloudpickle
+
+from ._errors import StockadeError, error_for
+
+PIN = "stockade/pin"
+
+#: Arrays at least this large are scattered automatically (bytes).
+DEFAULT_AUTO_SCATTER = 1 << 20
+
+
+class Pinned:
+    """A reference to an object pinned on every worker (what ``Client.scatter``
+    returns). Pass it as a task argument, anywhere inside the arguments: the task
+    receives the object itself."""
+
+    __slots__ = ("key", "nbytes", "workers", "__weakref__")
+
+    def __init__(self, key: bytes, nbytes: int, workers: int):
+        self.key = key
+        self.nbytes = nbytes
+        self.workers = workers
+
+    def __repr__(self) -> str:
+        return f"<stockade.Pinned {self.key.hex()[:16]} {self.nbytes} bytes on {self.workers} workers>"
+
+    def __reduce__(self):
+        raise StockadeError(
+            "a stockade.Pinned reference can only be sent through the Stockade client that pinned it"
+        )
+
+
+def _contiguous(obj: Any) -> Any:
+    """numpy hands out-of-band buffers only for contiguous arrays: make a strided view
+    contiguous once, or it would silently travel in-band."""
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(obj, np.ndarray) and not (obj.flags.c_contiguous or obj.flags.f_contiguous):
+        return np.ascontiguousarray(obj)
+    return obj
+
+
+def _block(buffer: pickle.PickleBuffer, keep: list) -> tuple[tuple[int, int], str, list[int]]:
+    """``((address, length), dtype, shape)`` of a buffer; what must stay alive for the
+    address to stay valid goes into ``keep``. (The buffer protocol is not in the stable
+    ABI the native module is built for, so addresses come from numpy, or from a bytes
+    copy for other exporters.)"""
+    raw = buffer.raw()
+    exporter = memoryview(buffer).obj
+    np = sys.modules.get("numpy")
+    if np is not None:
+        view = np.frombuffer(raw, dtype=np.uint8)
+        keep.append(view)
+        block = (view.__array_interface__["data"][0], view.nbytes)
+        if isinstance(exporter, np.ndarray):
+            return block, exporter.dtype.str, [int(d) for d in exporter.shape]
+        return block, "", []
+    data = bytes(raw)
+    keep.append(data)
+    return (ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0, len(data)), "", []
+
+
+class ObjectSession:
+    """The objects a client (or one backend) pinned, by identity of the original.
+
+    Objects are held (so identities stay valid) until :meth:`release`; a scattered
+    object must not be modified in place meanwhile (the workers keep the first copy),
+    as with dask's ``scatter``.
+    """
+
+    def __init__(self, client, auto_threshold: int | None = DEFAULT_AUTO_SCATTER):
+        self._client = client
+        self.auto_threshold = auto_threshold
+        self._by_id: dict[int, tuple[Any, Pinned]] = {}
+        self._lock = threading.Lock()
+
+    def scatter(self, obj: Any) -> Pinned:
+        """Pins ``obj`` on every worker (once per session) and returns its reference."""
+        if isinstance(obj, Pinned):
+            return obj
+        with self._lock:
+            held = self._by_id.get(id(obj))
+        if held is not None:
+            return held[1]
+        ref = self._client._pin(obj)
+        with self._lock:
+            if id(obj) in self._by_id:  # another thread pinned it meanwhile
+                self._client._unpin([ref.key])
+                return self._by_id[id(obj)][1]
+            self._by_id[id(obj)] = (obj, ref)
+        return ref
+
+    def lookup(self, obj: Any) -> Pinned | None:
+        held = self._by_id.get(id(obj))
+        if held is not None and held[0] is obj:
+            return held[1]
+        if self.auto_threshold is not None:
+            np = sys.modules.get("numpy")
+            if np is not None and type(obj) is np.ndarray and obj.nbytes >= self.auto_threshold:
+                return self.scatter(obj)
+        return None
+
+    def dumps(self, obj: Any) -> tuple[bytes, list[bytes]]:
+        """Pickles ``obj`` (cloudpickle) with pinned objects replaced by their keys;
+        returns the pickle and the keys it needs."""
+        f = io.BytesIO()
+        pickler = _Pickler(f, self)
+        pickler.dump(obj)
+        return f.getvalue(), list(pickler.needs)
+
+    def forget(self, refs) -> None:
+        """Unpins these references (if this session pinned them)."""
+        keys = {r.key for r in refs}
+        with self._lock:
+            gone = [i for i, (_, ref) in self._by_id.items() if ref.key in keys]
+            for i in gone:
+                del self._by_id[i]
+        if gone:
+            self._client._unpin(list(keys))
+
+    def release(self) -> None:
+        """Unpins everything this session pinned."""
+        with self._lock:
+            keys = [ref.key for _, ref in self._by_id.values()]
+            self._by_id.clear()
+        if keys:
+            self._client._unpin(keys)
+
+
+class _Pickler(cloudpickle.Pickler):
+    def __init__(self, file, objects: ObjectSession):
+        super().__init__(file)
+        self._objects = objects
+        self.needs: dict[bytes, None] = {}
+
+    def persistent_id(self, obj):
+        if type(obj) is Pinned:
+            ref = obj
+        else:
+            ref = self._objects.lookup(obj)
+            if ref is None:
+                return None
+        self.needs[ref.key] = None
+        return (PIN, ref.key.hex())
+
+
+def pin(native, obj: Any, timeout: float) -> Pinned:
+    """Pickles ``obj`` with out-of-band buffers and pins it through ``native``."""
+    buffers: list[pickle.PickleBuffer] = []
+    data = cloudpickle.dumps(_contiguous(obj), protocol=5, buffer_callback=buffers.append)
+    keep: list = []
+    try:
+        key, nbytes, workers = native.scatter(data, [_block(b, keep) for b in buffers], timeout)
+    except RuntimeError as e:
+        if len(e.args) == 2:
+            raise error_for(*e.args) from None
+        raise
+    return Pinned(key, nbytes, workers)
