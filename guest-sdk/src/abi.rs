@@ -35,9 +35,10 @@
 //! # Encoding of inputs and outputs
 //!
 //! A task takes one value and returns one value, both as JSON text (UTF-8), as written by
-//! `serde_json` in the guest and by `json.dumps` on the Python side. A Python call with
-//! several positional arguments sends them as one JSON array, which a task receives as a
-//! tuple. Pinned data is named by its [`Key`], written in JSON as 64 hexadecimal digits.
+//! `serde_json` in the guest and by `json.dumps` on the Python side: the call's one
+//! positional argument, or its keyword arguments as one object (a task that wants several
+//! values takes a struct, or a tuple sent as a list). Pinned data is named by its [`Key`],
+//! written in JSON as 64 hexadecimal digits (what Python sends for a `stockade.Pinned`).
 //! The error message of a failed task is plain UTF-8 text.
 //!
 //! # Pinned archives
