@@ -3,7 +3,7 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # Where cargo builds (the WebAssembly guests go to `guests/` under it).
-target_dir := env("CARGO_TARGET_DIR", justfile_directory() / "target")
+target_dir := if env("CARGO_TARGET_DIR", "") == "" { justfile_directory() / "target" } else { env("CARGO_TARGET_DIR") }
 guests_dir := target_dir / "guests" / "wasm32-wasip1" / "release"
 
 _default:
