@@ -2,6 +2,10 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
+# Where cargo builds (the WebAssembly guests go to `guests/` under it).
+target_dir := if env("CARGO_TARGET_DIR", "") == "" { justfile_directory() / "target" } else { env("CARGO_TARGET_DIR") }
+guests_dir := target_dir / "guests" / "wasm32-wasip1" / "release"
+
 _default:
     @just --list --unsorted
 
@@ -18,10 +22,18 @@ demo: build python
 
 # Every test: unit, state machine, integration tests on real processes, Python suites.
 [group('check')]
-test: build python
-    STOCKADE_TEST_PYTHON="$PWD/.venv/bin/python" cargo test
+test: build python guests
+    STOCKADE_TEST_PYTHON="$PWD/.venv/bin/python" STOCKADE_TEST_GUESTS="{{guests_dir}}" cargo test
     SMOKE=1 .venv/bin/python bench/python_overhead.py
     .venv/bin/python -m pytest tests/python -q -p no:cacheprovider
+
+# The WebAssembly guests (test fixtures and examples) for wasm32-wasip1, in TARGET/guests.
+[group('build')]
+guests:
+    rustup target add wasm32-wasip1
+    for manifest in tests/guests/Cargo.toml examples/guests/Cargo.toml; do \
+        cargo build --quiet --release --target wasm32-wasip1 --manifest-path "$manifest" --target-dir "{{target_dir}}/guests"; \
+    done
 
 # Build the Python package (pyo3, maturin) into .venv, sharing cargo's target directory.
 [group('build')]

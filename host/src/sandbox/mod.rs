@@ -1,6 +1,7 @@
 //! Executors that run tenant code in sandboxes.
 //!
 //! - [`python`]: warm, pooled CPython children per tenant.
-//! - WebAssembly (wasmtime) comes with its issue.
+//! - [`wasm`]: WebAssembly tasks in wasmtime, one engine per worker.
 
 pub mod python;
+pub mod wasm;
