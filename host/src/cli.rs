@@ -16,6 +16,7 @@ use crate::client::{Client, ClientOptions};
 use crate::net::{self, tls::Identity, SchedulerFile, Target};
 use crate::proto::{Builtin, ObjectKind, Outcome, TaskKind, WasmCall};
 use crate::sandbox::python::{PythonConfig, PythonExecutor};
+use crate::sandbox::wasm::{executor::WasmExecutor, WasmLimits, WasmSandbox};
 use crate::scheduler::{self, state::SchedulerConfig, SchedulerOptions};
 use crate::store::Store;
 use crate::tenancy::Tenants;
@@ -143,6 +144,12 @@ struct WorkerArgs {
     /// Replace a Python child whose resident memory exceeds this after a task (e.g. 2GiB).
     #[arg(long, value_parser = parse_bytes)]
     max_child_memory: Option<u64>,
+    /// Memory limit of one WebAssembly task (e.g. 256MiB).
+    #[arg(long, value_parser = parse_bytes)]
+    wasm_memory: Option<u64>,
+    /// Wall-time limit of one WebAssembly task, in seconds.
+    #[arg(long)]
+    wasm_timeout: Option<f64>,
     /// Bound on the bytes of pinned (scattered) objects this worker holds (e.g. 4GiB).
     #[arg(long, value_parser = parse_bytes)]
     memory_limit: Option<u64>,
@@ -338,7 +345,8 @@ async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let target = args.connect.target()?;
     let slots = args.slots.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1));
-    let name = args.name.unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let name = args.name.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let wasm = wasm_executor(&args, slots);
     let options = WorkerOptions {
         target,
         name: name.clone(),
@@ -350,6 +358,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
                 max_tasks_per_child: args.max_tasks_per_child.max(1),
                 max_child_memory: args.max_child_memory,
             }),
+            wasm,
         }),
         connect_timeout: args.connect.timeout(),
         store: Store::open(args.store.store_dir)?,
@@ -360,6 +369,25 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// The worker's WebAssembly sandbox, or `None` (logged) when it cannot be set up.
+fn wasm_executor(args: &WorkerArgs, slots: u32) -> Option<WasmExecutor> {
+    // Cancelled calls may still finish their time on a blocking thread: room for them.
+    let mut limits = WasmLimits { instances: slots.max(1) * 2, ..WasmLimits::default() };
+    if let Some(bytes) = args.wasm_memory {
+        limits.memory_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+    }
+    if let Some(seconds) = args.wasm_timeout {
+        limits.wall_time = Duration::from_secs_f64(seconds.max(0.001));
+    }
+    match WasmSandbox::new(limits) {
+        Ok(sandbox) => Some(WasmExecutor::new(sandbox)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no WebAssembly sandbox: WebAssembly tasks are refused");
+            None
+        }
+    }
 }
 
 async fn connect_client(connect: &Connect, name: &str) -> anyhow::Result<Client> {

@@ -66,12 +66,18 @@ pub struct Executors {
     pub builtin: BuiltinExecutor,
     /// Python tasks.
     pub python: crate::sandbox::python::PythonExecutor,
+    /// WebAssembly tasks (`None`: the sandbox could not be set up; they are refused).
+    pub wasm: Option<crate::sandbox::wasm::executor::WasmExecutor>,
 }
 
 impl Executor for Executors {
     fn run(&self, assignment: Assignment, pins: Vec<SharedPinned>) -> OutcomeFuture {
         match assignment.kind {
-            TaskKind::Builtin(_) | TaskKind::Wasm => self.builtin.run(assignment, pins),
+            TaskKind::Builtin(_) => self.builtin.run(assignment, pins),
+            TaskKind::Wasm => match &self.wasm {
+                Some(wasm) => wasm.run(assignment, pins),
+                None => self.builtin.run(assignment, pins),
+            },
             TaskKind::Python => self.python.run(assignment, pins),
         }
     }

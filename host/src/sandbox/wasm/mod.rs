@@ -10,6 +10,7 @@
 //! - `store`: the state of one call and the host functions the guest imports.
 //! - `output`: the guest's stdout and stderr, captured and capped.
 //! - [`error`]: [`WasmError`], and how wasmtime's errors map onto it.
+//! - [`executor`]: the worker's executor of WebAssembly tasks.
 //! - [`bench`]: instantiation, throughput and epoch-overhead measurements.
 //!
 //! Threads: [`WasmSandbox::call`] blocks and may run on many threads at once; each call
@@ -21,6 +22,7 @@
 pub mod bench;
 mod engine;
 pub mod error;
+pub mod executor;
 mod output;
 mod store;
 
