@@ -20,7 +20,7 @@ demo: build python
 [group('check')]
 test: build python
     STOCKADE_TEST_PYTHON="$PWD/.venv/bin/python" cargo test
-    SMOKE=1 .venv/bin/python bench/python_overhead.py
+    SMOKE=1 .venv/bin/python bench/suite.py
     .venv/bin/python -m pytest tests/python -q -p no:cacheprovider
 
 # Build the Python package (pyo3, maturin) into .venv, sharing cargo's target directory.
@@ -40,12 +40,10 @@ venv:
         touch "$stamp"
     fi
 
-# Benchmarks, side by side with loky, dask.distributed and Ray; not part of `test`.
+# Benchmarks side by side with loky, dask, Ray (not in `test`); REPS=N, SMOKE=1, `just bench --only search,5`.
 [group('check')]
-bench: build python
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
-    scripts/with-cluster.sh 2 1 .venv/bin/python bench/zero_work.py
-    .venv/bin/python bench/python_overhead.py
+bench *ARGS: build python
+    .venv/bin/python bench/suite.py {{ARGS}}
 
 # What CI runs, plus formatting and clippy.
 [group('check')]
