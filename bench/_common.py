@@ -187,7 +187,7 @@ def interleave(reps: int, table: Table, runs: dict[str, Callable[[], dict]], log
             except NotAvailable as e:
                 row.error = f"not available: {e}"
             except Exception as e:  # recorded in the table, the suite goes on
-                row.error = f"failed: {short_error(e)}"
+                row.error = f"failed: {e}" if isinstance(e, ChildFailed) else f"failed: {short_error(e)}"
                 row.failed = True
             else:
                 probe = values.pop("probe_ms", probe)
@@ -204,6 +204,10 @@ def _fmt(v: float) -> str:
 
 class NotAvailable(Exception):
     """A measurement that cannot be taken in this build or on this machine (said why)."""
+
+
+class ChildFailed(RuntimeError):
+    """A measuring subprocess failed; the message already names the error."""
 
 
 def median(xs: list[float]) -> float:
@@ -482,7 +486,7 @@ def run_bounded(args: list[str], timeout: float, env: dict | None = None, cwd: s
     reap_group(p.pid)
     if p.returncode != 0:
         tail = "\n".join(err.strip().splitlines()[-15:])
-        raise RuntimeError(f"{os.path.basename(args[0])} exited with {p.returncode}: {tail}")
+        raise ChildFailed(f"{os.path.basename(args[0])} exited with {p.returncode}: {tail}")
     return out
 
 

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from _common import Config, Metric, Row, Table, interleave, kill_group, log, reap_group
+from _common import ChildFailed, Config, Metric, Row, Table, interleave, kill_group, log, reap_group
 
 TITLE = "5. cold start: from nothing to the first result (cluster start included)"
 
@@ -143,7 +143,7 @@ def cold_start(label: str, timeout: float = 180.0) -> dict:
             if line is None:
                 p.wait(10)
                 tail = " | ".join(x.strip() for x in err[-5:])
-                raise RuntimeError(f"the script exited with {p.returncode} before its result: {tail}")
+                raise ChildFailed(f"the script exited with {p.returncode} before its result: {tail}")
             if line.startswith("RESULT "):
                 total = time.perf_counter() - t
                 parts = json.loads(line[len("RESULT "):])

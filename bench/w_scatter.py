@@ -26,7 +26,7 @@ import sys
 import time
 
 from _common import (
-    Config, Metric, NotAvailable, PeakMemory, Row, Table, interleave, last_json_line, log, meminfo, run_bounded,
+    ChildFailed, Config, Metric, NotAvailable, PeakMemory, Row, Table, interleave, last_json_line, log, meminfo, run_bounded,
     short_error, speed_probe,
 )
 
@@ -189,7 +189,7 @@ def run(cfg: Config) -> dict:
                                   timeout=300 + 600 * nbytes / 2**30)
                 r = last_json_line(out)
                 if not r.pop("ok"):
-                    raise (NotAvailable if r["unavailable"] else RuntimeError)(r["error"])
+                    raise (NotAvailable if r["unavailable"] else ChildFailed)(r["error"])
                 log(f"    ({r.pop('procs')} processes at peak, {r.pop('samples')} memory samples)")
                 return r
 
