@@ -155,7 +155,7 @@ def render_md(data: dict, order: list[str], png_name: str | None) -> str:
             out += [f"## {s['title']}", "", f"**{s['error']}** ({s.get('date', '?')})", ""]
             continue
         out += [f"## {s['title']}", "",
-                f"Measured {s.get('date', '?')}, {s.get('reps', '?')} repetitions, in {s.get('seconds', 0):.0f} s, "
+                f"Finished {s.get('date', '?')}, {s.get('reps', '?')} repetitions, in {s.get('seconds', 0):.0f} s, "
                 f"on {m.get('cores', '?')} cores of {m.get('cpu', '?')} with {m.get('memory_gb', '?')} GB "
                 f"(Python {m.get('python', '?')}; "
                 + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()) + ").", ""]
@@ -245,8 +245,8 @@ def render_png(data: dict, path: str) -> None:
                        linewidth=1.2, label=legend if legend_pending else None)
                 legend_pending = False
                 ax.errorbar(x, m, yerr=[[m - min(xs)], [max(xs) - m]], color="black", capsize=2, linewidth=0.8)
-                ax.text(x, m, f" {m:.3g}" if m < 1000 else f" {m:,.0f}", ha="center", va="bottom", fontsize=7,
-                        rotation=90)
+                ax.text(x, max(xs), f" {m:.3g}" if m < 1000 else f" {m:,.0f}", ha="center", va="bottom",
+                        fontsize=7, rotation=90)
         ax.set_title(title, fontsize=10)
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)

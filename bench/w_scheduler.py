@@ -13,7 +13,10 @@ fine: they idle until they get tasks. No peer runs here.
 
 from __future__ import annotations
 
+import datetime
 import os
+import shutil
+import tempfile
 
 from _common import ROOT, Config, Metric, NotAvailable, Row, Table, interleave, last_json_line, log, run_bounded, \
     stockade_bin
@@ -21,10 +24,7 @@ from _common import ROOT, Config, Metric, NotAvailable, Row, Table, interleave, 
 TITLE = "6. zero-work scheduler throughput (built-in no-op tasks, Rust client)"
 
 
-def bench_once(workers: int, tasks: int, latency_tasks: int) -> dict:
-    binary = stockade_bin()
-    if binary is None:
-        raise NotAvailable("no stockade binary: set STOCKADE_BIN or CARGO_TARGET_DIR, or run `just build`")
+def bench_once(binary: str, workers: int, tasks: int, latency_tasks: int) -> dict:
     env = dict(os.environ, STOCKADE_BIN=binary)
     out = run_bounded(
         [os.path.join(ROOT, "scripts", "with-cluster.sh"), str(workers), "1",
@@ -48,9 +48,19 @@ def run(cfg: Config) -> dict:
     ]
     table = Table(f"{tasks} no-op tasks at once; {latency_tasks} one at a time", metrics,
                   [Row(f"{n} workers x 1 slot", ours=True) for n in sizes], row_header="cluster")
-    runs = {f"{n} workers x 1 slot": (lambda n=n: bench_once(n, tasks, latency_tasks)) for n in sizes}
-    interleave(cfg.reps, table, runs, log)
-    table.notes.append(f"Binary: {stockade_bin()}.")
+    source = stockade_bin()
+    if source is None:
+        raise NotAvailable("no stockade binary: set STOCKADE_BIN or CARGO_TARGET_DIR, or run `just build`")
+    # A private copy: a rebuild of the shared binary during the run cannot mix versions.
+    tmp = tempfile.mkdtemp(prefix="stockade-bench-bin-")
+    try:
+        binary = shutil.copy2(source, os.path.join(tmp, "stockade"))
+        runs = {f"{n} workers x 1 slot": (lambda n=n: bench_once(binary, n, tasks, latency_tasks)) for n in sizes}
+        interleave(cfg.reps, table, runs, log)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    built = datetime.datetime.fromtimestamp(os.path.getmtime(source)).astimezone().isoformat(timespec="seconds")
+    table.notes.append(f"Binary: a copy of {source} (built {built}).")
     return {"title": TITLE, "tables": [table], "notes": [
         "`stockade bench` against a cluster started by scripts/with-cluster.sh N 1 (scheduler and N "
         "`stockade worker --slots 1` processes); a fresh cluster per measurement, sizes interleaved. "
