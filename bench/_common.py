@@ -434,25 +434,64 @@ def tree_pss(root: int) -> tuple[int, int]:
     return total, n
 
 
-class PeakMemory:
-    """A thread sampling the tree's PSS sum (and the machine's Shmem) every `interval` s."""
+def unmapped_file_bytes(directory: str, pids: list[int]) -> int:
+    """Bytes allocated by the files under `directory` (a tmpfs) that none of `pids` maps.
 
-    def __init__(self, root: int | None = None, interval: float = 0.05):
+    Files in shared memory that no process maps (a store written with write(), a memmap
+    between tasks) hold memory that no PSS shows; mapped ones are already in the PSS."""
+    mapped = set()
+    prefix = os.path.realpath(directory) + os.sep
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    i = line.find(prefix)
+                    if i >= 0:
+                        mapped.add(line[i:].rstrip("\n").removesuffix(" (deleted)"))
+        except OSError:
+            continue
+    total = 0
+    for dirpath, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(os.path.realpath(dirpath), name)
+            if path in mapped:
+                continue
+            try:
+                total += os.stat(path).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+class PeakMemory:
+    """A thread sampling the tree's PSS sum (and the machine's Shmem) every `interval` s.
+
+    With `files_dir` (a private tmpfs directory the backend keeps its shared-memory files
+    in), also the PSS sum plus the files there that no process of the tree maps."""
+
+    def __init__(self, root: int | None = None, interval: float = 0.05, files_dir: str | None = None):
         self.root = root if root is not None else os.getpid()
         self.interval = interval
+        self.files_dir = files_dir
         self.baseline, self.baseline_procs = tree_pss(self.root)
         self.shmem_baseline = meminfo("Shmem")
         self.peak = self.baseline
         self.peak_procs = self.baseline_procs
         self.shmem_peak = self.shmem_baseline
+        self.all_baseline = self.baseline + self._unmapped()
+        self.all_peak = self.all_baseline
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pss-sampler", daemon=True)
+
+    def _unmapped(self) -> int:
+        return unmapped_file_bytes(self.files_dir, descendants(self.root)) if self.files_dir else 0
 
     def _sample(self) -> None:
         pss, n = tree_pss(self.root)
         if pss > self.peak:
             self.peak, self.peak_procs = pss, n
+        self.all_peak = max(self.all_peak, pss + self._unmapped())
         self.shmem_peak = max(self.shmem_peak, meminfo("Shmem"))
         self.samples += 1
 
