@@ -157,7 +157,7 @@ def render_md(data: dict, order: list[str], png_name: str | None) -> str:
         out += [f"## {s['title']}", "",
                 f"Finished {s.get('date', '?')}, {s.get('reps', '?')} repetitions, in {s.get('seconds', 0):.0f} s, "
                 f"on {m.get('cores', '?')} cores of {m.get('cpu', '?')} with {m.get('memory_gb', '?')} GB "
-                f"(Python {m.get('python', '?')}; "
+                f"(code {m.get('commit', 'not recorded')}; Python {m.get('python', '?')}; "
                 + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()) + ").", ""]
         if s.get("error"):
             out += [f"**{s['error']}**", ""]

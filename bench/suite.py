@@ -27,7 +27,7 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import BENCH, Config, NotAvailable, close_shared_backends, log, machine, short_error, to_jsonable  # noqa: E402
+from _common import BENCH, ROOT, Config, NotAvailable, close_shared_backends, log, machine, short_error, to_jsonable  # noqa: E402
 
 # id -> (number, module). The order is the order of results.md.
 WORKLOADS = {
@@ -53,6 +53,18 @@ def select(only: str | None) -> list[str]:
                              + ", ".join(f"{k} ({n})" for k, (n, _) in WORKLOADS.items()))
         chosen += [m for m in match if m not in chosen]
     return [k for k in ORDER if k in chosen]
+
+
+def code_version() -> str:
+    """The commit measured (with "+changes" when the work tree differs from it)."""
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":!bench/results.*"], capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def install_peers() -> None:
@@ -91,6 +103,7 @@ def main() -> int:
         with open(json_path) as f:
             data = json.load(f)
     info = machine()
+    info["commit"] = code_version()
     log(f"benchmarks: {', '.join(chosen)}; REPS={cfg.reps}{' SMOKE' if cfg.smoke else ''}; "
         f"{info['cores']} cores, {info['cpu']}; results -> {base}.md")
     try:
