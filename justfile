@@ -14,18 +14,20 @@ _default:
 build:
     cargo build --bins
 
-# The example search on an embedded local cluster, next to loky; then raw scheduler speed.
+# The example searches on an embedded local cluster (scikit-learn next to loky, then
+# ridge fits in WebAssembly sandboxes); then raw scheduler speed.
 [group('run')]
-demo: build python
+demo: build python guests
     .venv/bin/python examples/sklearn_search.py
+    .venv/bin/python examples/wasm_search.py --module "{{guests_dir}}/ridge.wasm"
     scripts/with-cluster.sh 2 1 bash -c 'target/debug/stockade status && target/debug/stockade bench --tasks 100000 --latency-tasks 2000'
 
 # Every test: unit, state machine, integration tests on real processes, Python suites.
 [group('check')]
 test: build python guests
     STOCKADE_TEST_PYTHON="$PWD/.venv/bin/python" STOCKADE_TEST_GUESTS="{{guests_dir}}" cargo test
-    SMOKE=1 .venv/bin/python bench/python_overhead.py
-    .venv/bin/python -m pytest tests/python -q -p no:cacheprovider
+    SMOKE=1 .venv/bin/python bench/suite.py
+    STOCKADE_TEST_GUESTS="{{guests_dir}}" .venv/bin/python -m pytest tests/python -q -p no:cacheprovider
 
 # The WebAssembly guests (test fixtures and examples) for wasm32-wasip1, in TARGET/guests.
 [group('build')]
@@ -52,12 +54,10 @@ venv:
         touch "$stamp"
     fi
 
-# Benchmarks, side by side with loky, dask.distributed and Ray; not part of `test`.
+# Benchmarks side by side with loky, dask, Ray (not in `test`); REPS=N, SMOKE=1, `just bench --only search,5`.
 [group('check')]
-bench: build python
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
-    scripts/with-cluster.sh 2 1 .venv/bin/python bench/zero_work.py
-    .venv/bin/python bench/python_overhead.py
+bench *ARGS: build python
+    .venv/bin/python bench/suite.py {{ARGS}}
 
 # What CI runs, plus formatting and clippy.
 [group('check')]
