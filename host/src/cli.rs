@@ -16,6 +16,7 @@ use crate::client::{Client, ClientOptions};
 use crate::net::{self, tls::Identity, SchedulerFile, Target};
 use crate::proto::{Builtin, ObjectKind, Outcome, TaskKind, WasmCall};
 use crate::sandbox::python::{PythonConfig, PythonExecutor};
+use crate::sandbox::wasm::bench::{bench as sandbox_bench, BenchOptions};
 use crate::sandbox::wasm::{executor::WasmExecutor, WasmLimits, WasmSandbox};
 use crate::scheduler::{self, state::SchedulerConfig, SchedulerOptions};
 use crate::store::Store;
@@ -208,6 +209,16 @@ struct BenchArgs {
     /// Number of one-at-a-time tasks for the latency run (0 skips it).
     #[arg(long, default_value_t = 1000)]
     latency_tasks: usize,
+    /// Run this task of a WebAssembly module instead of a built-in kind (input `null`).
+    #[arg(long, value_name = "MODULE.wasm")]
+    wasm_module: Option<PathBuf>,
+    /// The task of --wasm-module.
+    #[arg(long, default_value = "noop")]
+    wasm_task: String,
+    /// Measure this machine's WebAssembly sandbox instead (instantiation, no-op calls,
+    /// epoch-interruption cost); needs no scheduler.
+    #[arg(long)]
+    sandbox: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -501,13 +512,49 @@ fn builtin(kind: &str) -> anyhow::Result<Builtin> {
 }
 
 async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
-    let kind = TaskKind::Builtin(builtin(&args.kind)?);
+    if args.sandbox {
+        let report = tokio::task::spawn_blocking(|| sandbox_bench(&BenchOptions::default())).await??;
+        if args.json {
+            let kernels: Vec<_> = report
+                .kernels
+                .iter()
+                .map(|k| {
+                    serde_json::json!({"name": k.name,
+                "with_epochs_s": k.with_epochs.as_secs_f64(), "without_epochs_s": k.without_epochs.as_secs_f64(),
+                "epoch_overhead": k.epoch_overhead()})
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({"pooling": report.pooling,
+                "instantiate_us_p50": report.instantiate_median.as_secs_f64() * 1e6,
+                "instantiate_us_p90": report.instantiate_p90.as_secs_f64() * 1e6,
+                "threads": report.threads, "noop_calls_per_second": report.noop_calls_per_second,
+                "noop_cpu_us_per_call": report.noop_cpu_per_call.as_secs_f64() * 1e6, "kernels": kernels})
+            );
+        } else {
+            println!("{report}");
+        }
+        return Ok(());
+    }
     let client = connect_client(&args.connect, "bench").await?;
-    let payload = args.payload.into_bytes();
+    let task = match &args.wasm_module {
+        None => {
+            NewTask { kind: TaskKind::Builtin(builtin(&args.kind)?), payload: args.payload.into_bytes(), needs: vec![] }
+        }
+        Some(path) => {
+            let module = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let prepared = client.prepare_object(ObjectKind::Raw, |w| std::io::Write::write_all(w, &module))?;
+            let key = prepared.key();
+            client.pin(prepared, Duration::from_secs(600)).await?;
+            let call = WasmCall { module: key, task: args.wasm_task.clone(), input: b"null".to_vec() };
+            NewTask { kind: TaskKind::Wasm, payload: crate::proto::frame::encode(&call)?.to_vec(), needs: vec![key] }
+        }
+    };
 
     // Throughput: everything submitted at once, as a joblib batch stream would.
     let started = Instant::now();
-    let handles = client.submit_many((0..args.tasks).map(|_| (kind, payload.clone())).collect())?;
+    let handles = client.submit_tasks(vec![task.clone(); args.tasks])?;
     let mut failed = 0usize;
     for handle in handles {
         if !matches!(handle.await?, Outcome::Ok(_)) {
@@ -521,7 +568,10 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let mut samples = Vec::with_capacity(args.latency_tasks);
     for _ in 0..args.latency_tasks {
         let t = Instant::now();
-        client.submit(kind, payload.clone())?.await?;
+        let mut handle = client.submit_tasks(vec![task.clone()])?;
+        if let Some(handle) = handle.pop() {
+            handle.await?;
+        }
         samples.push(t.elapsed().as_secs_f64() * 1e3);
     }
     samples.sort_by(f64::total_cmp);

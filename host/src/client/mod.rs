@@ -300,18 +300,25 @@ impl Client {
         handles.pop().ok_or(ClientError::Closed)
     }
 
-    /// Submits tasks and returns a handle per task, in order.
+    /// Submits tasks that need no pinned objects and returns a handle per task, in order.
     pub fn submit_many(&self, tasks: Vec<(TaskKind, Vec<u8>)>) -> Result<Vec<TaskHandle>, ClientError> {
+        self.submit_tasks(
+            tasks.into_iter().map(|(kind, payload)| NewTask { kind, payload, needs: Vec::new() }).collect(),
+        )
+    }
+
+    /// Submits tasks and returns a handle per task, in order.
+    pub fn submit_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<TaskHandle>, ClientError> {
         let mut receivers = Vec::with_capacity(tasks.len());
         let with: Vec<(NewTask, Completion)> = tasks
             .into_iter()
-            .map(|(kind, payload)| {
+            .map(|task| {
                 let (tx, rx) = oneshot::channel();
                 receivers.push(rx);
                 let completion: Completion = Box::new(move |_, r| {
                     let _ = tx.send(r);
                 });
-                (NewTask { kind, payload, needs: Vec::new() }, completion)
+                (task, completion)
             })
             .collect();
         let ids = self.submit_with(with)?;
