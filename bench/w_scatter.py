@@ -57,6 +57,18 @@ def noop(x):
 # -- the child: one backend, one variant, one size --------------------------------------
 
 
+def remove_dir(path: str, timeout: float = 10.0) -> None:
+    """Removes `path`, retrying while another process (loky's resource tracker) is still
+    deleting or creating files in it; bounded."""
+    deadline = time.monotonic() + timeout
+    while os.path.exists(path) and time.monotonic() < deadline:
+        shutil.rmtree(path, ignore_errors=True)
+        if os.path.exists(path):
+            time.sleep(0.2)
+    if os.path.exists(path):
+        log(f"warning: could not remove {path}")
+
+
 def child(backend: str, variant: str, rows: int) -> dict:
     import numpy as np
     from joblib import Parallel, delayed, parallel_backend
@@ -68,7 +80,7 @@ def child(backend: str, variant: str, rows: int) -> dict:
     os.environ["JOBLIB_TEMP_FOLDER"] = os.path.join(shm, "joblib")
     X = np.random.default_rng(0).random((rows, COLUMNS))
     expected = X.sum(axis=0)
-    stop = [lambda: shutil.rmtree(shm, ignore_errors=True)]
+    stop = [lambda: remove_dir(shm)]
     try:
         if backend == "stockade":
             import stockade
