@@ -50,6 +50,13 @@ enum Command {
 struct Connect {
     /// Scheduler address, HOST:PORT (optional with --scheduler-file).
     scheduler: Option<String>,
+    #[command(flatten)]
+    via: ConnectVia,
+}
+
+/// The options of [`Connect`] besides the address.
+#[derive(Debug, Args)]
+struct ConnectVia {
     /// Scheduler file written by `stockade scheduler --scheduler-file`.
     #[arg(long, env = "STOCKADE_SCHEDULER_FILE")]
     scheduler_file: Option<PathBuf>,
@@ -68,14 +75,14 @@ impl Connect {
     fn target(&self) -> anyhow::Result<Target> {
         Ok(Target::resolve(
             self.scheduler.as_deref(),
-            self.scheduler_file.as_deref(),
-            self.token.clone(),
-            self.ca_file.clone(),
+            self.via.scheduler_file.as_deref(),
+            self.via.token.clone(),
+            self.via.ca_file.clone(),
         )?)
     }
 
     fn timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.timeout.max(0.1))
+        Duration::from_secs_f64(self.via.timeout.max(0.1))
     }
 }
 
@@ -170,18 +177,8 @@ struct RunArgs {
     /// Scheduler address, HOST:PORT (optional with --scheduler-file).
     #[arg(long)]
     scheduler: Option<String>,
-    /// Scheduler file written by `stockade scheduler --scheduler-file`.
-    #[arg(long, env = "STOCKADE_SCHEDULER_FILE")]
-    scheduler_file: Option<PathBuf>,
-    /// Access token (default: the one in the scheduler file).
-    #[arg(long, env = "STOCKADE_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// Verify the scheduler with this CA (PEM) instead of a pinned fingerprint.
-    #[arg(long)]
-    ca_file: Option<PathBuf>,
-    /// Seconds to wait for the scheduler.
-    #[arg(long, default_value_t = 10.0)]
-    timeout: f64,
+    #[command(flatten)]
+    via: ConnectVia,
 }
 
 #[derive(Debug, Args)]
@@ -473,13 +470,7 @@ async fn run_wasm(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => std::fs::read(path).with_context(|| format!("cannot read the input {}", path.display()))?,
     };
     serde_json::from_slice::<serde_json::Value>(&input).context("the input is not JSON")?;
-    let connect = Connect {
-        scheduler: args.scheduler,
-        scheduler_file: args.scheduler_file,
-        token: args.token,
-        ca_file: args.ca_file,
-        timeout: args.timeout,
-    };
+    let connect = Connect { scheduler: args.scheduler, via: args.via };
     let client = connect_client(&connect, "run").await?;
     let prepared = client.prepare_object(ObjectKind::Raw, |w| std::io::Write::write_all(w, &module))?;
     let key = prepared.key();
