@@ -51,9 +51,10 @@ class Pinned:
 
 def _contiguous(obj: Any) -> Any:
     """numpy hands out-of-band buffers only for contiguous arrays: make a strided view
-    contiguous once, or it would silently travel in-band."""
+    contiguous once, or it would silently travel in-band. C order also for Fortran-order
+    arrays: the archive's shape is read row-major (e.g. by WebAssembly guests)."""
     np = sys.modules.get("numpy")
-    if np is not None and isinstance(obj, np.ndarray) and not (obj.flags.c_contiguous or obj.flags.f_contiguous):
+    if np is not None and isinstance(obj, np.ndarray) and not obj.flags.c_contiguous:
         return np.ascontiguousarray(obj)
     return obj
 
