@@ -94,7 +94,13 @@ pub async fn run(endpoint: quinn::Endpoint, options: SchedulerOptions, shutdown:
         tracing::warn!("no object store: scatter is refused");
     }
     let received = Arc::new(AtomicU64::new(0));
-    let out = Outboxes { core_tx: core_tx.clone(), received: received.clone(), ..Outboxes::default() };
+    let out = Outboxes {
+        clients: HashMap::new(),
+        workers: HashMap::new(),
+        objects: HashMap::new(),
+        core_tx: core_tx.clone(),
+        received: received.clone(),
+    };
     let core = tokio::spawn(core_loop(SchedulerState::new(options.core.clone()), core_rx, out));
     let ticker = {
         let tx = core_tx.clone();
@@ -414,18 +420,6 @@ struct Outboxes {
     core_tx: mpsc::UnboundedSender<CoreMsg>,
     /// Object bytes received from clients.
     received: Arc<AtomicU64>,
-}
-
-impl Default for Outboxes {
-    fn default() -> Self {
-        Self {
-            clients: HashMap::new(),
-            workers: HashMap::new(),
-            objects: HashMap::new(),
-            core_tx: mpsc::unbounded_channel().0,
-            received: Arc::default(),
-        }
-    }
 }
 
 async fn core_loop(mut state: SchedulerState, mut rx: mpsc::UnboundedReceiver<CoreMsg>, mut out: Outboxes) {

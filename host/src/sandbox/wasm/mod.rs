@@ -222,8 +222,8 @@ impl WasmSandbox {
     }
 
     /// The module with content hash `key` (blake3 of `bytes`): compiled, checked and
-    /// cached on first use, from the cache afterwards (`bytes` is then not read beyond
-    /// the hash check). Refusals are cached too, so a bad module is compiled once.
+    /// cached on first use, from the cache afterwards (`bytes` is then not read at
+    /// all). Refusals are cached too, so a bad module is compiled once.
     ///
     /// # Errors
     ///
@@ -232,15 +232,17 @@ impl WasmSandbox {
     /// [`WasmError::CompileTimeout`] past the compile budget; [`WasmError::Busy`] when no
     /// instance slot is free for the ABI check (not cached).
     pub fn module(&self, key: [u8; 32], bytes: &[u8]) -> Result<Arc<WasmModule>, WasmError> {
-        if *blake3::hash(bytes).as_bytes() != key {
-            return Err(WasmError::BadModule {
-                reason: format!("its bytes do not hash to its key {}", hex::encode(key)),
-            });
-        }
         let slot = lock(&self.modules).slot(key, self.limits.modules);
         let mut slot = lock(&slot);
         if let Some(loaded) = &*slot {
             return loaded.clone();
+        }
+        // Checked once, before compiling: a cached module was checked when it was loaded,
+        // so calls do not hash the whole module again.
+        if *blake3::hash(bytes).as_bytes() != key {
+            return Err(WasmError::BadModule {
+                reason: format!("its bytes do not hash to its key {}", hex::encode(key)),
+            });
         }
         let started = Instant::now();
         let loaded = self.load(key, bytes);
