@@ -230,7 +230,25 @@ class Backend:
     def stop(self) -> None: ...
 
 
-class StockadeBackend(Backend):
+class ClusterBackend(Backend):
+    """A backend that runs a local cluster and one client of it for the whole run."""
+
+    def open(self, make_cluster, make_client) -> None:
+        self.cluster = make_cluster()
+        try:
+            self.client = make_client(self.cluster)
+        except BaseException:
+            self.cluster.close()
+            raise
+
+    def stop(self):
+        try:
+            self.client.close()
+        finally:
+            self.cluster.close()
+
+
+class StockadeBackend(ClusterBackend):
     """Two workers of one slot (stockade.LocalCluster); joblib talks to it through one
     Client, so repetitions do not open a connection each."""
 
@@ -239,23 +257,13 @@ class StockadeBackend(Backend):
     def start(self):
         import stockade
 
-        self.cluster = stockade.LocalCluster(n_workers=2, slots_per_worker=1)
-        try:
-            self.client = stockade.Client(self.cluster.address)
-        except BaseException:
-            self.cluster.close()
-            raise
+        self.open(lambda: stockade.LocalCluster(n_workers=2, slots_per_worker=1),
+                  lambda cluster: stockade.Client(cluster.address))
 
     def context(self):
         from joblib import parallel_backend
 
         return parallel_backend("stockade", client=self.client, n_jobs=2)
-
-    def stop(self):
-        try:
-            self.client.close()
-        finally:
-            self.cluster.close()
 
 
 class LokyBackend(Backend):
@@ -272,29 +280,19 @@ class LokyBackend(Backend):
         get_reusable_executor().shutdown(wait=True, kill_workers=True)
 
 
-class DaskBackend(Backend):
+class DaskBackend(ClusterBackend):
     name = "dask"
 
     def start(self):
         from dask.distributed import Client, LocalCluster
 
-        self.cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-        try:
-            self.client = Client(self.cluster)
-        except BaseException:
-            self.cluster.close()
-            raise
+        self.open(lambda: LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None),
+                  Client)
 
     def context(self):
         from joblib import parallel_backend
 
         return parallel_backend("dask", client=self.client, n_jobs=2)
-
-    def stop(self):
-        try:
-            self.client.close()
-        finally:
-            self.cluster.close()
 
 
 class RayBackend(Backend):
