@@ -13,7 +13,8 @@ pub struct PinTable {
     name: String,
     limit: Option<u64>,
     used: u64,
-    pins: HashMap<(String, ObjectKey), SharedPinned>,
+    /// By tenant, then key (lookups by `&str`: no allocation per task).
+    pins: HashMap<String, HashMap<ObjectKey, SharedPinned>>,
 }
 
 impl PinTable {
@@ -22,10 +23,15 @@ impl PinTable {
         Self { name, limit, used: 0, pins: HashMap::new() }
     }
 
+    /// Whether the object is held.
+    fn holds(&self, header: &ObjectHeader) -> bool {
+        self.pins.get(&header.tenant).is_some_and(|t| t.contains_key(&header.key))
+    }
+
     /// Reserves room for an object about to be pinned, or says why there is none.
     /// An object already held needs no room.
     pub fn reserve(&mut self, header: &ObjectHeader) -> Result<(), TaskError> {
-        if self.pins.contains_key(&(header.tenant.clone(), header.key)) {
+        if self.holds(header) {
             return Ok(());
         }
         if let Some(limit) = self.limit {
@@ -49,23 +55,22 @@ impl PinTable {
 
     /// Gives back a reservation whose pin failed.
     pub fn unreserve(&mut self, header: &ObjectHeader) {
-        if !self.pins.contains_key(&(header.tenant.clone(), header.key)) {
+        if !self.holds(header) {
             self.used = self.used.saturating_sub(header.size);
         }
     }
 
     /// Holds a pinned object (its room reserved before) and says so.
     pub fn insert(&mut self, pinned: Pinned) -> PinReply {
-        let header = pinned.header().clone();
-        let id = (header.tenant.clone(), header.key);
+        let (tenant, key) = (pinned.header().tenant.clone(), pinned.header().key);
         // Held already: the reservation was not taken, and this handle is not needed.
-        self.pins.entry(id).or_insert_with(|| Arc::new(pinned));
-        PinReply { key: header.key, outcome: PinOutcome::Pinned(1) }
+        self.pins.entry(tenant).or_default().entry(key).or_insert_with(|| Arc::new(pinned));
+        PinReply { key, outcome: PinOutcome::Pinned(1) }
     }
 
     /// Drops an object; returns whether it was held.
     pub fn remove(&mut self, tenant: &str, key: &ObjectKey) -> bool {
-        match self.pins.remove(&(tenant.to_string(), *key)) {
+        match self.pins.get_mut(tenant).and_then(|t| t.remove(key)) {
             Some(p) => {
                 self.used = self.used.saturating_sub(p.header().size);
                 true
@@ -76,10 +81,11 @@ impl PinTable {
 
     /// The objects a task needs, or a `DataLost` error naming the first one missing.
     pub fn resolve(&self, tenant: &str, needs: &[ObjectKey]) -> Result<Vec<SharedPinned>, TaskError> {
+        let held = self.pins.get(tenant);
         needs
             .iter()
             .map(|key| {
-                self.pins.get(&(tenant.to_string(), *key)).cloned().ok_or_else(|| TaskError {
+                held.and_then(|t| t.get(key)).cloned().ok_or_else(|| TaskError {
                     kind: ErrorKind::DataLost,
                     message: format!("object {} is not pinned on worker {}", hex::encode(key), self.name),
                     detail: Vec::new(),
