@@ -1,20 +1,57 @@
 //! Executors run one attempt each. The worker picks one by the task's kind.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use crate::proto::{Assignment, Builtin, ErrorKind, ObjectKey, Outcome, TaskError, TaskKind};
+use crate::proto::{Assignment, AttemptId, AttemptResult, Builtin, ErrorKind, ObjectKey, Outcome, TaskError, TaskKind};
 use crate::store::SharedPinned;
 
 /// A boxed, sendable outcome future.
 pub type OutcomeFuture = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
+
+/// A boxed, sendable future of a run ([`Executor::run_sequence`]).
+pub type RunFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// One attempt of a run, with the pinned objects it needs.
+pub type RunMember = (Assignment, Vec<SharedPinned>);
+
+/// Where a run reports each attempt as it ends; called from any thread.
+pub type Report = Box<dyn Fn(AttemptResult) + Send + Sync + 'static>;
+
+/// The attempts of a run that were cancelled before the run reached them.
+#[derive(Debug, Default)]
+pub struct Skips(Mutex<HashSet<AttemptId>>);
+
+impl Skips {
+    /// Marks `attempt` to be skipped.
+    pub fn skip(&self, attempt: AttemptId) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(attempt);
+    }
+
+    /// Whether `attempt` is to be skipped.
+    pub fn contains(&self, attempt: AttemptId) -> bool {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).contains(&attempt)
+    }
+}
 
 /// Runs attempts of some task kinds.
 pub trait Executor: Send + Sync + 'static {
     /// Runs one attempt with the pinned objects it needs (in the order of
     /// `assignment.needs`). Dropping the future stops it.
     fn run(&self, assignment: Assignment, pins: Vec<SharedPinned>) -> OutcomeFuture;
+
+    /// Runs the attempts of a run one after another, calling `report` as each ends, with
+    /// its own run time; attempts in `skips` when the run reaches them are dropped
+    /// unreported (the worker has reported them cancelled). The future ends with the
+    /// run. The default awaits [`run`](Self::run) for each in turn; executors of kinds
+    /// that run back to back ([`runs_back_to_back`](super::state::runs_back_to_back))
+    /// do better.
+    fn run_sequence(&self, members: Vec<RunMember>, skips: Arc<Skips>, report: Report) -> RunFuture {
+        one_by_one(self, members, skips, report)
+    }
 
     /// The worker dropped an object: let go of anything derived from it.
     fn forget(&self, _tenant: &str, _key: &ObjectKey) {}
@@ -54,6 +91,26 @@ impl Executor for BuiltinExecutor {
     }
 }
 
+/// A run as a sequence of [`Executor::run`] futures.
+fn one_by_one<E: Executor + ?Sized>(
+    executor: &E,
+    members: Vec<RunMember>,
+    skips: Arc<Skips>,
+    report: Report,
+) -> RunFuture {
+    let runs: Vec<_> = members.into_iter().map(|(a, pins)| (a.attempt, executor.run(a, pins))).collect();
+    Box::pin(async move {
+        for (attempt, run) in runs {
+            if skips.contains(attempt) {
+                continue;
+            }
+            let started = Instant::now();
+            let outcome = run.await;
+            report(AttemptResult { attempt, outcome, run_micros: started.elapsed().as_micros() as u64 });
+        }
+    })
+}
+
 /// An error outcome without detail.
 pub fn failed(kind: ErrorKind, message: String) -> Outcome {
     Outcome::Err(TaskError { kind, message, detail: Vec::new() })
@@ -79,6 +136,13 @@ impl Executor for Executors {
                 None => self.builtin.run(assignment, pins),
             },
             TaskKind::Python => self.python.run(assignment, pins),
+        }
+    }
+
+    fn run_sequence(&self, members: Vec<RunMember>, skips: Arc<Skips>, report: Report) -> RunFuture {
+        match (&self.wasm, members.first().map(|(a, _)| &a.kind)) {
+            (Some(wasm), Some(TaskKind::Wasm)) => wasm.run_sequence(members, skips, report),
+            _ => one_by_one(self, members, skips, report),
         }
     }
 

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-pub use executor::{BuiltinExecutor, Executor, Executors};
+pub use executor::{BuiltinExecutor, Executor, Executors, Report, Skips};
 use state::{WorkerAction, WorkerEvent, WorkerState};
 
 use crate::net::{dial, DialError, Target};
@@ -114,6 +114,8 @@ pub async fn run(
     let mut pin_replies = Vec::new();
     let mut state = WorkerState::new(options.slots);
     let mut running: HashMap<AttemptId, JoinHandle<()>> = HashMap::new();
+    // Attempts handed to a run, with the run's skip list.
+    let mut in_runs: HashMap<AttemptId, Arc<Skips>> = HashMap::new();
     let mut finished = Vec::new();
     let mut inputs = Vec::with_capacity(256);
     let core = async {
@@ -143,6 +145,7 @@ pub async fn run(
                     Input::FromScheduler(ToWorker::Cancel(attempts)) => WorkerEvent::CancelRequested(attempts),
                     Input::Completed(result) => {
                         running.remove(&result.attempt);
+                        in_runs.remove(&result.attempt);
                         WorkerEvent::Completed(result)
                     }
                     Input::Heartbeat => {
@@ -181,9 +184,40 @@ pub async fn run(
                             );
                             running.insert(attempt, handle);
                         }
+                        WorkerAction::StartRun(assignments) => {
+                            let skips = Arc::new(Skips::default());
+                            let mut members = Vec::with_capacity(assignments.len());
+                            for assignment in assignments {
+                                match lock(&table).resolve(&assignment.tenant, &assignment.needs) {
+                                    Ok(pins) => {
+                                        in_runs.insert(assignment.attempt, skips.clone());
+                                        members.push((assignment, pins));
+                                    }
+                                    Err(e) => {
+                                        let result = AttemptResult {
+                                            attempt: assignment.attempt,
+                                            outcome: Outcome::Err(e),
+                                            run_micros: 0,
+                                        };
+                                        state.handle(WorkerEvent::Completed(result));
+                                        pending_actions.extend(state.take_actions());
+                                    }
+                                }
+                            }
+                            if !members.is_empty() {
+                                let tx = tx.clone();
+                                let report: Report = Box::new(move |result| {
+                                    let _ = tx.send(Input::Completed(result));
+                                });
+                                tokio::spawn(options.executor.run_sequence(members, skips, report));
+                            }
+                        }
                         WorkerAction::Abort(attempt) => {
                             if let Some(handle) = running.remove(&attempt) {
                                 handle.abort();
+                            }
+                            if let Some(skips) = in_runs.remove(&attempt) {
+                                skips.skip(attempt);
                             }
                         }
                         WorkerAction::Report(result) => finished.push(result),

@@ -3,10 +3,25 @@
 //! The scheduler may send more attempts than the worker has slots (its prefetch
 //! window); the extra ones wait here in order. Every attempt is reported exactly once:
 //! with its outcome, or as cancelled.
+//!
+//! Short WebAssembly tasks start in *runs*: a slot takes the next waiting WebAssembly
+//! attempts together and one thread runs them back to back, so that each costs one
+//! sandbox call rather than a hand-off between threads and a message of its own. A run
+//! holds about [`RUN_BUDGET_MICROS`] of work by the measured task time, so an attempt
+//! waits at most that long behind the others of its run; long tasks run one by one.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
-use crate::proto::{Assignment, AttemptId, AttemptResult, ErrorKind, Outcome, TaskError};
+use crate::proto::{Assignment, AttemptId, AttemptResult, ErrorKind, Outcome, TaskError, TaskKind};
+
+/// The work one run holds, in microseconds of estimated task time.
+pub const RUN_BUDGET_MICROS: f64 = 2_000.0;
+
+/// The most attempts in one run.
+pub const MAX_RUN: usize = 256;
+
+/// Weight of the newest sample in the task-time estimate.
+const ESTIMATE_WEIGHT: f64 = 0.2;
 
 /// Something that happened to the worker.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,25 +39,52 @@ pub enum WorkerEvent {
 pub enum WorkerAction {
     /// Start running an attempt.
     Start(Assignment),
-    /// Stop a running attempt (its report is produced here, not by the executor).
+    /// Run these attempts back to back on one thread, in order (see [`runs_back_to_back`]).
+    StartRun(Vec<Assignment>),
+    /// Stop a running attempt, or skip it if its run has not reached it (its report is
+    /// produced here, not by the executor).
     Abort(AttemptId),
     /// Report an ended attempt to the scheduler.
     Report(AttemptResult),
+}
+
+/// Whether attempts of `kind` start in runs ([`WorkerAction::StartRun`]).
+pub fn runs_back_to_back(kind: &TaskKind) -> bool {
+    matches!(kind, TaskKind::Wasm)
 }
 
 /// Slots, waiting and running attempts.
 #[derive(Debug)]
 pub struct WorkerState {
     slots: usize,
+    /// Slots in use: one per single attempt or run.
+    busy: usize,
     waiting: VecDeque<Assignment>,
-    running: HashSet<AttemptId>,
+    /// Running attempts, with their run (attempts started alone have none).
+    running: HashMap<AttemptId, Option<RunId>>,
+    /// Attempts of each run not yet ended.
+    runs: HashMap<RunId, usize>,
+    next_run: RunId,
+    /// Mean time of the attempts that ran in runs, in microseconds.
+    run_task_micros: Option<f64>,
     actions: Vec<WorkerAction>,
 }
+
+type RunId = u64;
 
 impl WorkerState {
     /// A worker with `slots` slots.
     pub fn new(slots: u32) -> Self {
-        Self { slots: slots.max(1) as usize, waiting: VecDeque::new(), running: HashSet::new(), actions: Vec::new() }
+        Self {
+            slots: slots.max(1) as usize,
+            busy: 0,
+            waiting: VecDeque::new(),
+            running: HashMap::new(),
+            runs: HashMap::new(),
+            next_run: 0,
+            run_task_micros: None,
+            actions: Vec::new(),
+        }
     }
 
     /// Applies an event.
@@ -51,7 +93,8 @@ impl WorkerState {
             WorkerEvent::Assigned(assignments) => self.waiting.extend(assignments),
             WorkerEvent::CancelRequested(attempts) => {
                 for attempt in attempts {
-                    if self.running.remove(&attempt) {
+                    if let Some(run) = self.running.remove(&attempt) {
+                        self.ended(run);
                         self.actions.push(WorkerAction::Abort(attempt));
                         self.actions.push(WorkerAction::Report(cancelled(attempt)));
                     } else if let Some(pos) = self.waiting.iter().position(|a| a.attempt == attempt) {
@@ -61,18 +104,66 @@ impl WorkerState {
                 }
             }
             WorkerEvent::Completed(result) => {
-                if self.running.remove(&result.attempt) {
+                if let Some(run) = self.running.remove(&result.attempt) {
+                    if run.is_some() {
+                        let sample = result.run_micros as f64;
+                        self.run_task_micros = Some(match self.run_task_micros {
+                            None => sample,
+                            Some(avg) => avg + ESTIMATE_WEIGHT * (sample - avg),
+                        });
+                    }
+                    self.ended(run);
                     self.actions.push(WorkerAction::Report(result));
                 }
             }
         }
-        while self.running.len() < self.slots {
+        while self.busy < self.slots {
             let Some(next) = self.waiting.pop_front() else {
                 break;
             };
-            self.running.insert(next.attempt);
-            self.actions.push(WorkerAction::Start(next));
+            self.busy += 1;
+            if !runs_back_to_back(&next.kind) {
+                self.running.insert(next.attempt, None);
+                self.actions.push(WorkerAction::Start(next));
+                continue;
+            }
+            let run = self.next_run;
+            self.next_run += 1;
+            let mut members = vec![next];
+            while members.len() < self.run_len() {
+                match self.waiting.front() {
+                    Some(a) if runs_back_to_back(&a.kind) => members.extend(self.waiting.pop_front()),
+                    _ => break,
+                }
+            }
+            for member in &members {
+                self.running.insert(member.attempt, Some(run));
+            }
+            self.runs.insert(run, members.len());
+            self.actions.push(WorkerAction::StartRun(members));
         }
+    }
+
+    /// How many attempts the next run takes: one until a task time is known.
+    fn run_len(&self) -> usize {
+        match self.run_task_micros {
+            None => 1,
+            Some(avg) => ((RUN_BUDGET_MICROS / avg.max(1.0)) as usize).clamp(1, MAX_RUN),
+        }
+    }
+
+    /// A running attempt ended (or was cancelled): its slot frees once nothing of its run
+    /// is left.
+    fn ended(&mut self, run: Option<RunId>) {
+        if let Some(run) = run {
+            let Some(left) = self.runs.get_mut(&run) else { return };
+            *left -= 1;
+            if *left > 0 {
+                return;
+            }
+            self.runs.remove(&run);
+        }
+        self.busy -= 1;
     }
 
     /// Takes the actions produced so far.
@@ -80,9 +171,14 @@ impl WorkerState {
         std::mem::take(&mut self.actions)
     }
 
-    /// Attempts running now.
+    /// Attempts running now (including those whose run has not reached them).
     pub fn running(&self) -> usize {
         self.running.len()
+    }
+
+    /// Slots in use.
+    pub fn busy_slots(&self) -> usize {
+        self.busy
     }
 }
 
@@ -113,8 +209,16 @@ mod tests {
         }
     }
 
+    fn wasm(attempt: AttemptId) -> Assignment {
+        Assignment { kind: TaskKind::Wasm, ..a(attempt) }
+    }
+
     fn done(attempt: AttemptId) -> AttemptResult {
-        AttemptResult { attempt, outcome: Outcome::Ok(vec![]), run_micros: 1 }
+        took(attempt, 1)
+    }
+
+    fn took(attempt: AttemptId, run_micros: u64) -> AttemptResult {
+        AttemptResult { attempt, outcome: Outcome::Ok(vec![]), run_micros }
     }
 
     fn step(s: &mut WorkerState, e: WorkerEvent) -> Vec<WorkerAction> {
@@ -148,5 +252,61 @@ mod tests {
         // The aborted executor's late completion is not reported again.
         assert!(step(&mut s, WorkerEvent::Completed(done(1))).is_empty());
         assert_eq!(s.running(), 1);
+    }
+
+    #[test]
+    fn short_wasm_tasks_start_in_runs_sized_by_their_measured_time() {
+        let mut s = WorkerState::new(1);
+        // No estimate yet: one at a time.
+        let acts = step(&mut s, WorkerEvent::Assigned((1..=1000).map(wasm).collect()));
+        assert_eq!(acts, vec![WorkerAction::StartRun(vec![wasm(1)])]);
+        // 20 µs a task: a run holds the budget's worth.
+        let acts = step(&mut s, WorkerEvent::Completed(took(1, 20)));
+        let expected = (RUN_BUDGET_MICROS / 20.0) as u64;
+        assert_eq!(
+            acts,
+            vec![WorkerAction::Report(took(1, 20)), WorkerAction::StartRun((2..2 + expected).map(wasm).collect())]
+        );
+        assert_eq!((s.running(), s.busy_slots()), (expected as usize, 1));
+        // The slot frees only when the whole run has ended.
+        for attempt in 2..1 + expected {
+            assert_eq!(
+                step(&mut s, WorkerEvent::Completed(took(attempt, 20))),
+                vec![WorkerAction::Report(took(attempt, 20))]
+            );
+        }
+        let acts = step(&mut s, WorkerEvent::Completed(took(1 + expected, 20)));
+        assert_eq!(acts.len(), 2);
+        assert!(matches!(&acts[1], WorkerAction::StartRun(run) if run.len() == expected as usize));
+    }
+
+    #[test]
+    fn long_wasm_tasks_run_alone_and_runs_stop_at_other_kinds() {
+        let mut s = WorkerState::new(1);
+        step(&mut s, WorkerEvent::Assigned(vec![wasm(1), wasm(2), wasm(3), a(4), wasm(5)]));
+        // A task time beyond the budget: runs of one.
+        let acts = step(&mut s, WorkerEvent::Completed(took(1, 1_000_000)));
+        assert_eq!(acts[1], WorkerAction::StartRun(vec![wasm(2)]));
+        let mut s = WorkerState::new(1);
+        step(&mut s, WorkerEvent::Assigned(vec![wasm(1), wasm(2), wasm(3), a(4), wasm(5)]));
+        let acts = step(&mut s, WorkerEvent::Completed(took(1, 1)));
+        assert_eq!(acts[1], WorkerAction::StartRun(vec![wasm(2), wasm(3)]));
+    }
+
+    #[test]
+    fn cancelling_every_member_of_a_run_frees_its_slot() {
+        let mut s = WorkerState::new(1);
+        step(&mut s, WorkerEvent::Assigned(vec![wasm(1)]));
+        step(&mut s, WorkerEvent::Completed(took(1, 1)));
+        let acts = step(&mut s, WorkerEvent::Assigned(vec![wasm(2), wasm(3), a(4)]));
+        assert_eq!(acts, vec![WorkerAction::StartRun(vec![wasm(2), wasm(3)])]);
+        // Attempt 3 is still in the run: the slot stays busy.
+        let acts = step(&mut s, WorkerEvent::CancelRequested(vec![2]));
+        assert_eq!(acts, vec![WorkerAction::Abort(2), WorkerAction::Report(cancelled(2))]);
+        // The executor's late report of a skipped member is dropped.
+        assert!(step(&mut s, WorkerEvent::Completed(took(2, 1))).is_empty());
+        let acts = step(&mut s, WorkerEvent::CancelRequested(vec![3]));
+        assert_eq!(acts, vec![WorkerAction::Abort(3), WorkerAction::Report(cancelled(3)), WorkerAction::Start(a(4))]);
+        assert_eq!((s.running(), s.busy_slots()), (1, 1));
     }
 }
