@@ -16,7 +16,7 @@ use crate::client::{Client, ClientOptions};
 use crate::net::{self, tls::Identity, SchedulerFile, Target};
 use crate::proto::{Builtin, ObjectKind, Outcome, TaskKind, WasmCall};
 use crate::sandbox::python::{PythonConfig, PythonExecutor};
-use crate::sandbox::wasm::bench::{bench as sandbox_bench, BenchOptions};
+use crate::sandbox::wasm::bench::{bench as sandbox_bench, ridge as ridge_bench, BenchOptions, RidgeOptions};
 use crate::sandbox::wasm::{executor::WasmExecutor, WasmLimits, WasmSandbox};
 use crate::scheduler::{self, state::SchedulerConfig, SchedulerOptions};
 use crate::store::Store;
@@ -216,6 +216,11 @@ struct BenchArgs {
     /// epoch-interruption cost); needs no scheduler.
     #[arg(long)]
     sandbox: bool,
+    /// Time one fit of the ridge example guest (MODULE.wasm, `just guests` builds it) in
+    /// the sandbox, with and without epoch checks, next to the same source compiled
+    /// natively; needs no scheduler.
+    #[arg(long, value_name = "MODULE.wasm")]
+    ridge: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -525,6 +530,24 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             );
         } else {
             println!("{report}");
+        }
+        return Ok(());
+    }
+    if let Some(path) = &args.ridge {
+        let module =
+            std::fs::read(path).with_context(|| format!("cannot read {}; hint: run `just guests`", path.display()))?;
+        let report = tokio::task::spawn_blocking(move || ridge_bench(&module, &RidgeOptions::default())).await??;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"rows": report.options.rows, "cols": report.options.cols,
+                "sandbox_ms": report.sandbox.with_epochs.as_secs_f64() * 1e3,
+                "sandbox_without_epochs_ms": report.sandbox.without_epochs.as_secs_f64() * 1e3,
+                "epoch_overhead": report.sandbox.epoch_overhead(), "native_ms": report.native.as_secs_f64() * 1e3,
+                "sandbox_score": report.sandbox_score, "native_score": report.native_score})
+            );
+        } else {
+            print!("{report}");
         }
         return Ok(());
     }

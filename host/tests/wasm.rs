@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
+use stockade::sandbox::wasm::bench::{ridge as ridge_bench, RidgeOptions};
 use stockade::sandbox::wasm::{NoPins, Pins, WasmError, WasmLimits, WasmModule, WasmSandbox};
 use stockade_guest::archive::{Buffer, Scattered};
 
@@ -479,4 +480,15 @@ fn the_ridge_example_scores_like_a_direct_computation() {
         other => panic!("expected Failed, got {other:?}"),
     };
     assert_eq!(message, format!("row 500 is out of range: x has {rows} rows"));
+}
+
+#[test]
+fn the_ridge_benchmark_runs_the_same_fit_in_the_sandbox_and_natively() {
+    let _process = together();
+    let options = RidgeOptions { rows: 90, cols: 5, alpha: 0.5, runs: 1 };
+    let report = ridge_bench(&guest_bytes("ridge"), &options).unwrap();
+    // The benchmark itself refuses differing answers; the fit is also a good one.
+    assert!((report.sandbox_score - report.native_score).abs() <= 1e-9, "{report}");
+    assert!(report.native_score > 0.9, "{report}");
+    assert!(report.sandbox.with_epochs > Duration::ZERO && report.native > Duration::ZERO, "{report}");
 }

@@ -2,14 +2,18 @@
 //! threads, and the cost of epoch interruption on compute-bound code.
 //!
 //! [`bench`] needs no guest build: its module is written here in WAT, against the same
-//! ABI constants as the SDK. Benchmarks are not tests; a command runs this and prints the
-//! [`BenchReport`].
+//! ABI constants as the SDK. [`ridge`] times the ridge example guest
+//! (`examples/guests/ridge`) in the sandbox next to the same source compiled natively.
+//! Benchmarks are not tests; a command runs these and prints their reports.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stockade_guest::abi;
+use stockade_guest::archive::{Buffer, Scattered};
+use stockade_guest::Matrix;
 
 use super::engine::EngineOptions;
 use super::store::CallState;
@@ -202,16 +206,21 @@ pub fn epoch_overhead(
         )?;
         let module = sandbox.module(key, wasm)?;
         sandbox.call(&module, task, input, Arc::clone(&pins))?;
-        let mut times = Vec::with_capacity(runs);
-        for _ in 0..runs.max(1) {
-            let started = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID);
-            sandbox.call(&module, task, input, Arc::clone(&pins))?;
-            times.push(cpu_time(libc::CLOCK_THREAD_CPUTIME_ID).saturating_sub(started));
-        }
-        times.sort();
-        *median = times[times.len() / 2];
+        *median = median_cpu_time(runs, || sandbox.call(&module, task, input, Arc::clone(&pins)).map(drop))?;
     }
     Ok(KernelTimes { name: name.to_string(), with_epochs: medians[0], without_epochs: medians[1] })
+}
+
+/// The median CPU time of this thread over `runs` (at least one) calls of `run`.
+fn median_cpu_time(runs: usize, mut run: impl FnMut() -> Result<(), WasmError>) -> Result<Duration, WasmError> {
+    let mut times = Vec::with_capacity(runs.max(1));
+    for _ in 0..runs.max(1) {
+        let started = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID);
+        run()?;
+        times.push(cpu_time(libc::CLOCK_THREAD_CPUTIME_ID).saturating_sub(started));
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
 }
 
 /// CPU time consumed so far by this thread or process (`clock` is a CPU-time clock).
@@ -222,6 +231,132 @@ fn cpu_time(clock: libc::clockid_t) -> Duration {
         return Duration::ZERO;
     }
     Duration::new(u64::try_from(now.tv_sec).unwrap_or(0), u32::try_from(now.tv_nsec).unwrap_or(0))
+}
+
+/// The ridge example's fit, compiled natively from the guest's own source file: the
+/// same computation as the guest's `fit_score`, outside the sandbox.
+#[path = "../../../../examples/guests/ridge/src/fit.rs"]
+mod ridge_fit;
+
+/// The problem [`ridge`] fits.
+#[derive(Debug, Clone)]
+pub struct RidgeOptions {
+    /// Rows of the design matrix (two thirds train, one third test).
+    pub rows: usize,
+    /// Its columns.
+    pub cols: usize,
+    /// The regularisation strength.
+    pub alpha: f64,
+    /// Timed fits of each kind (the median is reported).
+    pub runs: usize,
+}
+
+impl Default for RidgeOptions {
+    /// The shape of scikit-learn's digits data, as `examples/wasm_search.py` fits it.
+    fn default() -> Self {
+        RidgeOptions { rows: 1797, cols: 64, alpha: 1.0, runs: 15 }
+    }
+}
+
+/// What [`ridge`] measured: median CPU time of one fit and score of each kind.
+#[derive(Debug, Clone)]
+pub struct RidgeReport {
+    /// The problem.
+    pub options: RidgeOptions,
+    /// In the sandbox, with and without epoch interruption (a whole task: instance,
+    /// JSON input and output included).
+    pub sandbox: KernelTimes,
+    /// The same source compiled natively into this binary.
+    pub native: Duration,
+    /// The R² the guest returned.
+    pub sandbox_score: f64,
+    /// The R² of the native fit; equal to the guest's up to rounding.
+    pub native_score: f64,
+}
+
+impl fmt::Display for RidgeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        writeln!(
+            f,
+            "ridge fit ({} x {}): sandbox {:.2} ms ({:.2} ms without epoch checks, {:+.1} %), native {:.2} ms; \
+             sandbox / native {:.2}; R² {:.12} vs {:.12}",
+            self.options.rows,
+            self.options.cols,
+            ms(self.sandbox.with_epochs),
+            ms(self.sandbox.without_epochs),
+            self.sandbox.epoch_overhead() * 100.0,
+            ms(self.native),
+            self.sandbox.with_epochs.as_secs_f64() / self.native.as_secs_f64(),
+            self.sandbox_score,
+            self.native_score
+        )
+    }
+}
+
+/// Times one ridge fit and score of `wasm` (the ridge example guest) in the sandbox,
+/// with and without epoch interruption, and the same fit compiled natively, on
+/// deterministic data of the configured shape.
+///
+/// # Errors
+///
+/// What loading the module or calling it returns, and [`WasmError::Failed`] when the
+/// guest's answer is not the native one.
+pub fn ridge(wasm: &[u8], options: &RidgeOptions) -> Result<RidgeReport, WasmError> {
+    let (rows, cols) = (options.rows, options.cols);
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    // Pixel-like values in [0, 16) and targets linear in them plus noise.
+    let x: Vec<f64> = (0..rows * cols).map(|_| (16.0 * uniform()).floor()).collect();
+    let weights: Vec<f64> = (0..cols).map(|_| uniform() - 0.5).collect();
+    let y: Vec<f64> = x
+        .chunks(cols.max(1))
+        .map(|row| row.iter().zip(&weights).map(|(v, w)| v * w).sum::<f64>() + uniform())
+        .collect();
+    let (test, train): (Vec<usize>, Vec<usize>) = (0..rows).partition(|row| row % 3 == 0);
+
+    let archive = |values: &[f64], shape: Vec<u64>| {
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let object = Scattered { pickle: Vec::new(), buffers: vec![Buffer { data, dtype: "<f8".into(), shape }] };
+        rkyv::to_bytes::<rkyv::rancor::Error>(&object)
+            .map(|bytes| bytes.to_vec())
+            .map_err(|err| WasmError::Failed { message: format!("cannot archive the data: {err}") })
+    };
+    let pinned = [archive(&x, vec![rows as u64, cols as u64])?, archive(&y, vec![rows as u64])?];
+    let keys = pinned.each_ref().map(|bytes| *blake3::hash(bytes).as_bytes());
+    let pins: Arc<dyn Pins> = Arc::new(keys.into_iter().zip(pinned).collect::<HashMap<_, _>>());
+    let input = serde_json::json!({"alpha": options.alpha, "x": hex::encode(keys[0]), "y": hex::encode(keys[1]),
+                                   "train": train, "test": test})
+    .to_string();
+
+    let sandbox =
+        epoch_overhead("the ridge fit", wasm, "fit_score", input.as_bytes(), Arc::clone(&pins), options.runs)?;
+    let limits = WasmLimits { instances: 2, ..WasmLimits::default() };
+    let checker = WasmSandbox::new(limits)?;
+    let module = checker.module(*blake3::hash(wasm).as_bytes(), wasm)?;
+    let output = checker.call(&module, "fit_score", input.as_bytes(), pins)?;
+    let sandbox_score = serde_json::from_slice::<serde_json::Value>(&output)
+        .ok()
+        .and_then(|fitted| fitted["score"].as_f64())
+        .ok_or_else(|| WasmError::Failed { message: "the guest's output has no score".into() })?;
+
+    let matrix = Matrix { rows, cols, data: &x };
+    let fit = || ridge_fit::fit_and_score(&matrix, &y, options.alpha, &train, &test);
+    let native_score = fit().map_err(|message| WasmError::Failed { message })?.score;
+    let native = median_cpu_time(options.runs, || {
+        std::hint::black_box(fit()).map(drop).map_err(|message| WasmError::Failed { message })
+    })?;
+    if (sandbox_score - native_score).abs() > 1e-9 * (1.0 + native_score.abs()) {
+        return Err(WasmError::Failed {
+            message: format!("the guest scored {sandbox_score}, the native fit {native_score}"),
+        });
+    }
+    Ok(RidgeReport { options: options.clone(), sandbox, native, sandbox_score, native_score })
 }
 
 impl WasmSandbox {
