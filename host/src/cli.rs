@@ -279,18 +279,63 @@ where
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
+/// The environment variable naming a lifeline: the read end of a pipe whose write end
+/// the process that started this one holds (`stockade.LocalCluster` sets it).
+const LIFELINE_ENV: &str = "STOCKADE_LIFELINE_FD";
+
+/// Completes on SIGINT or SIGTERM, or when the lifeline ([`LIFELINE_ENV`]) ends.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
+    let lifeline = lifeline_ended();
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
+                _ = lifeline => {}
             }
         }
         Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = lifeline => {}
+            }
+        }
+    }
+}
+
+/// Completes when the lifeline pipe reaches its end: the process holding its write end
+/// has exited, however it died (even by SIGKILL or `os._exit`, which run no clean-up),
+/// so a local cluster never outlives its owner. Never completes without a lifeline.
+async fn lifeline_ended() {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+
+    let Some(fd) = std::env::var(LIFELINE_ENV).ok().and_then(|v| v.parse::<i32>().ok()).filter(|fd| *fd > 2) else {
+        return std::future::pending().await;
+    };
+    // SAFETY: the parent passed this descriptor to this process for it alone, and
+    // nothing else in this process opens or uses it.
+    let mut pipe = unsafe { std::fs::File::from_raw_fd(fd) };
+    // Not passed on to the processes this one starts (CPython children).
+    // SAFETY: fcntl on a descriptor this process owns.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    let (ended, wait) = tokio::sync::oneshot::channel::<()>();
+    // A plain thread: a blocking read would keep tokio's runtime from shutting down.
+    let spawned = std::thread::Builder::new().name("lifeline".into()).spawn(move || {
+        let mut byte = [0u8; 1];
+        while let Ok(1..) = pipe.read(&mut byte) {}
+        let _ = ended.send(());
+    });
+    match spawned {
+        Ok(_) => {
+            if wait.await.is_ok() {
+                tracing::info!("the process that started this one has exited: shutting down");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the lifeline; this process will not stop with its parent");
+            std::future::pending::<()>().await;
         }
     }
 }

@@ -87,3 +87,38 @@ def test_a_worker_added_after_a_loss_takes_work(make_cluster):
         replacement = cluster.add_worker()
         assert future.result(RESULT_TIMEOUT) == 144
         assert client.submit(os.getppid).result(RESULT_TIMEOUT) == replacement.pid
+
+
+OWNER_DIES = """
+import os, sys
+import stockade
+cluster = stockade.LocalCluster(n_workers=2)
+with stockade.Client(scheduler_file=cluster.scheduler_file) as client:
+    children = {client.submit(os.getpid).result(60) for _ in range(4)}
+print(" ".join(map(str, [cluster.scheduler.pid, *(w.pid for w in cluster.workers), *children])), flush=True)
+os._exit(0)  # no atexit, no close(): as if killed
+"""
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not count: it has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.timeout(120)
+def test_a_local_cluster_does_not_outlive_its_owner():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", OWNER_DIES], capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) >= 4, out.stdout  # scheduler, two workers, their Python children
+    left = poll(lambda: [p for p in pids if alive(p)], lambda alive_pids: not alive_pids, 30)
+    for pid in left:  # a failing run still leaves nothing behind
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"processes of a dead owner's cluster still run: {left}"

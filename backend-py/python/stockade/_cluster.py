@@ -18,7 +18,7 @@ from ._errors import StockadeError
 class _Process:
     """One cluster process, its log, and its JSON ready line."""
 
-    def __init__(self, name: str, args: list[str], env: dict, log_dir: str):
+    def __init__(self, name: str, args: list[str], env: dict, log_dir: str, lifeline: int):
         self.name = name
         self.log_path = os.path.join(log_dir, f"{name}.log")
         self._log = open(self.log_path, "wb")
@@ -27,8 +27,9 @@ class _Process:
             stdout=subprocess.PIPE,
             stderr=self._log,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env={**env, "STOCKADE_LIFELINE_FD": str(lifeline)},
             cwd=os.getcwd(),
+            pass_fds=(lifeline,),
         )
         self._lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -99,6 +100,10 @@ class LocalCluster:
         self._separate_stores = separate_stores
         self.workers: list[_Process] = []
         self._closed = False
+        # The lifeline: every cluster process watches the read end and stops when it
+        # ends, i.e. when this process has exited, even without running close() (killed,
+        # os._exit, a multiprocessing child). The write end is only ever held here.
+        self._lifeline, self._lifeline_holder = os.pipe()
         atexit.register(self.close)
         try:
             self.scheduler = _Process(
@@ -107,6 +112,7 @@ class LocalCluster:
                  *self._store_args("scheduler"), *scheduler_args],
                 self._env,
                 self._dir,
+                self._lifeline,
             )
             self.address = self.scheduler.ready(timeout)["address"]
             for _ in range(self.n_workers):
@@ -121,7 +127,7 @@ class LocalCluster:
         name = f"worker{len(self.workers) + 1}"
         args = ["worker", "--scheduler-file", self.scheduler_file, "--slots", str(self.slots_per_worker),
                 "--name", name, "--python", sys.executable, *self._store_args(name), *self._worker_args]
-        w = _Process(name, args, self._env, self._dir)
+        w = _Process(name, args, self._env, self._dir, self._lifeline)
         self.workers.append(w)
         return w
 
@@ -145,6 +151,8 @@ class LocalCluster:
         self._closed = True
         for p in [*self.workers, *([self.scheduler] if hasattr(self, "scheduler") else [])]:
             p.stop()
+        for fd in (self._lifeline, self._lifeline_holder):
+            os.close(fd)
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> "LocalCluster":
