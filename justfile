@@ -29,12 +29,13 @@ test: build python guests
     SMOKE=1 .venv/bin/python bench/suite.py
     STOCKADE_TEST_GUESTS="{{guests_dir}}" .venv/bin/python -m pytest tests/python -q -p no:cacheprovider
 
-# The WebAssembly guests (test fixtures and examples) for wasm32-wasip1, in TARGET/guests.
+# The WebAssembly guests (test fixtures and examples) for wasm32-wasip1, in TARGET/guests;
+# each is built from its own directory, so its `.cargo/config.toml` applies.
 [group('build')]
 guests:
     rustup target add wasm32-wasip1
-    for manifest in tests/guests/Cargo.toml examples/guests/Cargo.toml; do \
-        cargo build --quiet --release --target wasm32-wasip1 --manifest-path "$manifest" --target-dir "{{target_dir}}/guests"; \
+    for dir in tests/guests examples/guests; do \
+        (cd "$dir" && cargo build --quiet --release --target wasm32-wasip1 --target-dir "{{target_dir}}/guests"); \
     done
 
 # Build the Python package (pyo3, maturin) into .venv, sharing cargo's target directory.

@@ -183,7 +183,8 @@ pub fn bench(options: &BenchOptions) -> Result<BenchReport, WasmError> {
 
 /// The cost of epoch interruption on one task of any guest: the median CPU time of
 /// `runs` calls in a sandbox with default limits, and in one whose engine does not
-/// instrument code with epoch checks.
+/// instrument code with epoch checks, the two taking turns (so that a change in the
+/// machine's speed affects both alike).
 ///
 /// # Errors
 ///
@@ -198,29 +199,49 @@ pub fn epoch_overhead(
 ) -> Result<KernelTimes, WasmError> {
     let limits = WasmLimits { instances: 2, ..WasmLimits::default() };
     let key = *blake3::hash(wasm).as_bytes();
-    let mut medians = [Duration::ZERO; 2];
-    for (median, epoch_interruption) in medians.iter_mut().zip([true, false]) {
+    let mut loaded = Vec::with_capacity(2);
+    for epoch_interruption in [true, false] {
         let sandbox = WasmSandbox::with_options(
             limits.clone(),
             EngineOptions { epoch_interruption, ..EngineOptions::default() },
         )?;
         let module = sandbox.module(key, wasm)?;
         sandbox.call(&module, task, input, Arc::clone(&pins))?;
-        *median = median_cpu_time(runs, || sandbox.call(&module, task, input, Arc::clone(&pins)).map(drop))?;
+        loaded.push((sandbox, module));
     }
+    let pins = &pins;
+    let mut calls: Vec<_> = loaded
+        .iter()
+        .map(|(sandbox, module)| move || sandbox.call(module, task, input, Arc::clone(pins)).map(drop))
+        .collect();
+    let mut runs_of: Vec<&mut dyn FnMut() -> Result<(), WasmError>> =
+        calls.iter_mut().map(|call| call as &mut dyn FnMut() -> Result<(), WasmError>).collect();
+    let medians = median_cpu_times(runs, &mut runs_of)?;
     Ok(KernelTimes { name: name.to_string(), with_epochs: medians[0], without_epochs: medians[1] })
 }
 
-/// The median CPU time of this thread over `runs` (at least one) calls of `run`.
-fn median_cpu_time(runs: usize, mut run: impl FnMut() -> Result<(), WasmError>) -> Result<Duration, WasmError> {
-    let mut times = Vec::with_capacity(runs.max(1));
-    for _ in 0..runs.max(1) {
-        let started = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID);
-        run()?;
-        times.push(cpu_time(libc::CLOCK_THREAD_CPUTIME_ID).saturating_sub(started));
+/// The median CPU time of this thread over `runs` (at least one) calls of each of
+/// `variants`, which take turns, in an order that alternates from round to round.
+fn median_cpu_times(
+    runs: usize,
+    variants: &mut [&mut dyn FnMut() -> Result<(), WasmError>],
+) -> Result<Vec<Duration>, WasmError> {
+    let mut times = vec![Vec::with_capacity(runs.max(1)); variants.len()];
+    for round in 0..runs.max(1) {
+        for turn in 0..variants.len() {
+            let which = if round % 2 == 0 { turn } else { variants.len() - 1 - turn };
+            let started = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID);
+            variants[which]()?;
+            times[which].push(cpu_time(libc::CLOCK_THREAD_CPUTIME_ID).saturating_sub(started));
+        }
     }
-    times.sort();
-    Ok(times[times.len() / 2])
+    Ok(times
+        .into_iter()
+        .map(|mut samples| {
+            samples.sort();
+            samples[samples.len() / 2]
+        })
+        .collect())
 }
 
 /// CPU time consumed so far by this thread or process (`clock` is a CPU-time clock).
@@ -254,7 +275,7 @@ pub struct RidgeOptions {
 impl Default for RidgeOptions {
     /// The shape of scikit-learn's digits data, as `examples/wasm_search.py` fits it.
     fn default() -> Self {
-        RidgeOptions { rows: 1797, cols: 64, alpha: 1.0, runs: 15 }
+        RidgeOptions { rows: 1797, cols: 64, alpha: 1.0, runs: 31 }
     }
 }
 
@@ -348,9 +369,8 @@ pub fn ridge(wasm: &[u8], options: &RidgeOptions) -> Result<RidgeReport, WasmErr
     let matrix = Matrix { rows, cols, data: &x };
     let fit = || ridge_fit::fit_and_score(&matrix, &y, options.alpha, &train, &test);
     let native_score = fit().map_err(|message| WasmError::Failed { message })?.score;
-    let native = median_cpu_time(options.runs, || {
-        std::hint::black_box(fit()).map(drop).map_err(|message| WasmError::Failed { message })
-    })?;
+    let mut native_fit = || std::hint::black_box(fit()).map(drop).map_err(|message| WasmError::Failed { message });
+    let native = median_cpu_times(options.runs, &mut [&mut native_fit])?[0];
     if (sandbox_score - native_score).abs() > 1e-9 * (1.0 + native_score.abs()) {
         return Err(WasmError::Failed {
             message: format!("the guest scored {sandbox_score}, the native fit {native_score}"),
