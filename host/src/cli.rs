@@ -206,7 +206,8 @@ struct BenchArgs {
     /// Number of one-at-a-time tasks for the latency run (0 skips it).
     #[arg(long, default_value_t = 1000)]
     latency_tasks: usize,
-    /// Run this task of a WebAssembly module instead of a built-in kind (input `null`).
+    /// Run this task of a WebAssembly module instead of a built-in kind (input `null`),
+    /// after two warm-up tasks that wait for the workers to compile it.
     #[arg(long, value_name = "MODULE.wasm")]
     wasm_module: Option<PathBuf>,
     /// The task of --wasm-module.
@@ -611,6 +612,13 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
 
+    if args.wasm_module.is_some() {
+        // Warm-up: the workers compile the module (once, when it is pinned); the figures
+        // below are of tasks, not of compilation.
+        for handle in client.submit_tasks(vec![task.clone(); 2])? {
+            handle.await?;
+        }
+    }
     // Throughput: everything submitted at once, as a joblib batch stream would.
     let started = Instant::now();
     let handles = client.submit_tasks(vec![task.clone(); args.tasks])?;

@@ -199,3 +199,33 @@ async fn tasks_needing_objects_not_pinned_in_the_session_are_rejected() {
     owner.close().await;
     other.close().await;
 }
+
+/// A WebAssembly module is compiled on every worker when it is pinned, before any task
+/// needs it; its first task then runs it.
+#[tokio::test]
+async fn a_pinned_module_is_compiled_before_its_first_task() {
+    let dir = std::env::var_os("STOCKADE_TEST_GUESTS").expect("STOCKADE_TEST_GUESTS (`just test` sets it)");
+    let module = std::fs::read(std::path::Path::new(&dir).join("fixtures.wasm")).expect("run `just guests`");
+    let cluster = Cluster::start_full(2, 1, &[], &[], true);
+    let client = cluster.client().await;
+    let (key, workers) = pin(&client, &module).await.unwrap();
+    assert_eq!(workers, 2);
+    let expected = format!("wasm: module compiled key={}", hex::encode(key));
+    for worker in &cluster.workers {
+        bounded("the worker's compilation", async {
+            while !std::fs::read_to_string(&worker.log).unwrap_or_default().contains(&expected) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+    let call = stockade::proto::WasmCall { module: key, task: "echo".into(), input: b"[1,2]".to_vec() };
+    let payload = stockade::proto::frame::encode(&call).unwrap().to_vec();
+    let mut handles = client.submit_tasks(vec![NewTask { kind: TaskKind::Wasm, payload, needs: vec![key] }]).unwrap();
+    let outcome = bounded("the task", handles.pop().unwrap()).await.unwrap();
+    assert_eq!(outcome, Outcome::Ok(b"[1,2]".to_vec()));
+    // Compiled once per worker: the task found the module ready.
+    for worker in &cluster.workers {
+        assert_eq!(std::fs::read_to_string(&worker.log).unwrap().matches(&expected).count(), 1);
+    }
+}

@@ -53,6 +53,10 @@ pub trait Executor: Send + Sync + 'static {
         one_by_one(self, members, skips, report)
     }
 
+    /// The worker now holds `object` for `tenant`: prepare what tasks will derive from
+    /// it, so that the first task does not pay for it. Must not block.
+    fn prepare(&self, _tenant: &str, _object: &SharedPinned) {}
+
     /// The worker dropped an object: let go of anything derived from it.
     fn forget(&self, _tenant: &str, _key: &ObjectKey) {}
 }
@@ -143,6 +147,12 @@ impl Executor for Executors {
         match (&self.wasm, members.first().map(|(a, _)| &a.kind)) {
             (Some(wasm), Some(TaskKind::Wasm)) => wasm.run_sequence(members, skips, report),
             _ => one_by_one(self, members, skips, report),
+        }
+    }
+
+    fn prepare(&self, tenant: &str, object: &SharedPinned) {
+        if let Some(wasm) = &self.wasm {
+            wasm.prepare(tenant, object);
         }
     }
 

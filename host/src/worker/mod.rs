@@ -128,6 +128,7 @@ pub async fn run(
                 let event = match input {
                     Input::FromScheduler(ToWorker::Pin(header)) => {
                         let reply = pin_local(&options.store, &table, &header);
+                        prepare(&*options.executor, &table, &header.tenant, &reply);
                         pin_replies.push(FromWorker::Pinned(header.tenant, reply));
                         continue;
                     }
@@ -138,6 +139,7 @@ pub async fn run(
                         continue;
                     }
                     Input::Pinned(tenant, reply) => {
+                        prepare(&*options.executor, &table, &tenant, &reply);
                         pin_replies.push(FromWorker::Pinned(tenant, reply));
                         continue;
                     }
@@ -280,6 +282,16 @@ fn store_error(e: impl std::fmt::Display) -> TaskError {
 }
 
 /// Pins an object from the store this worker shares with the scheduler.
+/// Lets the executor prepare for an object the worker now holds.
+fn prepare(executor: &dyn Executor, table: &Mutex<PinTable>, tenant: &str, reply: &PinReply) {
+    if !matches!(reply.outcome, PinOutcome::Pinned(_)) {
+        return;
+    }
+    if let Some(object) = lock(table).resolve(tenant, &[reply.key]).ok().and_then(|mut held| held.pop()) {
+        executor.prepare(tenant, &object);
+    }
+}
+
 fn pin_local(store: &Store, table: &Mutex<PinTable>, header: &ObjectHeader) -> PinReply {
     if let Err(e) = lock(table).reserve(header) {
         return refused(header, e);

@@ -9,9 +9,12 @@ use std::time::Instant;
 
 use super::{Pins, WasmError, WasmSandbox};
 use crate::proto::frame::decode;
-use crate::proto::{Assignment, AttemptId, AttemptResult, ErrorKind, Outcome, TaskError, WasmCall};
+use crate::proto::{Assignment, AttemptId, AttemptResult, ErrorKind, ObjectKind, Outcome, TaskError, WasmCall};
 use crate::store::SharedPinned;
 use crate::worker::executor::{failed, Executor, OutcomeFuture, Report, RunFuture, RunMember, Skips};
+
+/// The first bytes of every WebAssembly binary module.
+const WASM_MAGIC: &[u8] = b"\0asm";
 
 /// Runs WebAssembly tasks in one [`WasmSandbox`].
 #[derive(Clone)]
@@ -66,6 +69,20 @@ impl Executor for WasmExecutor {
         // bounds a call even if its task is cancelled meanwhile).
         let ran = tokio::task::spawn_blocking(move || executor.call(&assignment, pins).0);
         Box::pin(async move { ran.await.unwrap_or_else(|e| thread_failed(&e)) })
+    }
+
+    /// A pinned WebAssembly module is compiled at once, on a blocking thread, under the
+    /// sandbox's compile budget: its first task then finds it ready (a task that comes
+    /// sooner waits for this compilation rather than starting another).
+    fn prepare(&self, _tenant: &str, object: &SharedPinned) {
+        if object.header().kind != ObjectKind::Raw || !object.bytes().starts_with(WASM_MAGIC) {
+            return;
+        }
+        let (sandbox, object) = (self.sandbox.clone(), object.clone());
+        tokio::task::spawn_blocking(move || {
+            // A refusal is cached and reported to the tasks that use the module.
+            let _ = sandbox.module(object.header().key, object.bytes());
+        });
     }
 
     /// One blocking thread runs the whole run: each attempt costs a sandbox call, not a
