@@ -47,20 +47,15 @@ pub fn fit_and_score(x: &Matrix<'_>, y: &[f64], alpha: f64, train: &[usize], tes
     }
     let y_mean = train.iter().map(|&row| y[row]).sum::<f64>() / n;
     // The normal equations (XᵀX + αI) w = Xᵀy on centred data.
-    let mut gram = vec![0.0; d * d];
-    let mut rhs = vec![0.0; d];
-    let mut centred = vec![0.0; d];
-    for &row in train {
-        centred.iter_mut().zip(x.row(row)).zip(&x_mean).for_each(|((c, v), m)| *c = v - m);
-        let target = y[row] - y_mean;
-        rhs.iter_mut().zip(&centred).for_each(|(r, c)| *r += c * target);
-        // The lower triangle, each row rounded up to whole blocks of `add_scaled`: the few
-        // entries past the diagonal are never read (the solver uses the lower triangle).
-        for (i, (gram_row, &ci)) in gram.chunks_exact_mut(d).zip(&centred).enumerate() {
-            let width = (i + 1).next_multiple_of(BLOCK).min(d);
-            add_scaled(&mut gram_row[..width], ci, &centred[..width]);
-        }
+    let mut normal = Normal { d, gram: vec![0.0; d * d], rhs: vec![0.0; d], centred: vec![0.0; ROWS * d] };
+    let mut groups = train.chunks_exact(ROWS);
+    for group in &mut groups {
+        normal.add_rows::<ROWS>(x, y, (&x_mean, y_mean), group);
     }
+    for row in groups.remainder() {
+        normal.add_rows::<1>(x, y, (&x_mean, y_mean), std::slice::from_ref(row));
+    }
+    let Normal { mut gram, rhs, .. } = normal;
     for i in 0..d {
         gram[i * d + i] += alpha;
     }
@@ -79,25 +74,74 @@ pub fn fit_and_score(x: &Matrix<'_>, y: &[f64], alpha: f64, train: &[usize], tes
     Ok(Fitted { score, intercept, coef })
 }
 
+/// Training rows added to the Gram matrix per pass over it.
+const ROWS: usize = 4;
+
 /// Elements per step of [`add_scaled`].
 const BLOCK: usize = 8;
 
-/// `acc += scale * x`, element by element (equal lengths).
-///
-/// [`BLOCK`] elements per step, so that each loop iteration does four two-lane SIMD
-/// multiply-adds in the guest (simd128): the sandbox's wall-time check sits at every loop
-/// header and, in wasmtime 48, makes Cranelift spill the loop's registers around it, so
-/// fewer and fuller iterations keep that cost small (+160 % with one vector an iteration,
-/// measured by `stockade bench --ridge`).
-fn add_scaled(acc: &mut [f64], scale: f64, x: &[f64]) {
-    let mut acc_blocks = acc.chunks_exact_mut(BLOCK);
-    let mut x_blocks = x.chunks_exact(BLOCK);
-    for (a, v) in (&mut acc_blocks).zip(&mut x_blocks) {
-        for k in 0..BLOCK {
-            a[k] += scale * v[k];
+/// The normal equations being summed up over the training rows, and scratch room for
+/// [`ROWS`] centred rows.
+struct Normal {
+    d: usize,
+    /// XᵀX, lower triangle (row-major `d × d`).
+    gram: Vec<f64>,
+    /// Xᵀy.
+    rhs: Vec<f64>,
+    centred: Vec<f64>,
+}
+
+impl Normal {
+    /// Adds `R` training rows (centred on `means`): each entry of the Gram matrix is read
+    /// and written once for all of them, and sums them in row order, so the result is the
+    /// same as adding the rows one by one.
+    fn add_rows<const R: usize>(&mut self, x: &Matrix<'_>, y: &[f64], means: (&[f64], f64), rows: &[usize]) {
+        let (d, (x_mean, y_mean)) = (self.d, means);
+        for (centred, &row) in self.centred.chunks_exact_mut(d).zip(rows) {
+            centred.iter_mut().zip(x.row(row)).zip(x_mean).for_each(|((c, v), m)| *c = v - m);
+            let target = y[row] - y_mean;
+            self.rhs.iter_mut().zip(&*centred).for_each(|(r, c)| *r += c * target);
+        }
+        let rows: [&[f64]; R] = std::array::from_fn(|r| &self.centred[r * d..(r + 1) * d]);
+        // Each row of the lower triangle, rounded up to whole blocks: the few entries
+        // past the diagonal are never read (the solver uses the lower triangle).
+        for (i, gram_row) in self.gram.chunks_exact_mut(d).enumerate() {
+            let width = (i + 1).next_multiple_of(BLOCK).min(d);
+            add_scaled(&mut gram_row[..width], rows.map(|row| row[i]), rows.map(|row| &row[..width]));
         }
     }
-    acc_blocks.into_remainder().iter_mut().zip(x_blocks.remainder()).for_each(|(a, v)| *a += scale * v);
+}
+
+/// `acc += scales[0] * xs[0] + scales[1] * xs[1] + ...`, element by element, the terms
+/// added in order (each `xs[r]` at least as long as `acc`).
+///
+/// Work per loop iteration is what keeps the sandbox's wall-time checks cheap: wasmtime
+/// 48 checks the epoch at every loop header, and Cranelift spills the loop's registers
+/// around that check. So [`BLOCK`] elements of [`ROWS`] rows per step (sixteen two-lane
+/// SIMD multiply-adds in the guest, built with simd128). Measured by `stockade bench
+/// --ridge`: the checks cost +160 % with one vector per iteration, +30 % with one row of
+/// 8 elements, +20 % with 4 rows (8 rows spill the scales and run slower overall).
+fn add_scaled<const R: usize>(acc: &mut [f64], scales: [f64; R], xs: [&[f64]; R]) {
+    let len = acc.len();
+    let xs = xs.map(|x| &x[..len]);
+    let mut blocks = acc.chunks_exact_mut(BLOCK);
+    let mut start = 0;
+    for block in &mut blocks {
+        let parts = xs.map(|x| &x[start..start + BLOCK]);
+        for k in 0..BLOCK {
+            let mut value = block[k];
+            for r in 0..R {
+                value += scales[r] * parts[r][k];
+            }
+            block[k] = value;
+        }
+        start += BLOCK;
+    }
+    for (k, value) in blocks.into_remainder().iter_mut().enumerate() {
+        for r in 0..R {
+            *value += scales[r] * xs[r][start + k];
+        }
+    }
 }
 
 /// Solves `a w = b` for a symmetric positive definite `a` (its lower triangle, row-major
