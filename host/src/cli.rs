@@ -416,6 +416,8 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
                 python: args.python,
                 max_tasks_per_child: args.max_tasks_per_child.max(1),
                 max_child_memory: args.max_child_memory,
+                // The machine's cores shared among this worker's slots.
+                threads_per_child: Some(cores_per_slot(slots)),
             }),
             wasm,
         }),
@@ -428,6 +430,12 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// This machine's cores divided among `slots` slots, at least one each.
+fn cores_per_slot(slots: u32) -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
+    (cores / slots.max(1)).max(1)
 }
 
 /// The worker's WebAssembly sandbox, or `None` (logged) when it cannot be set up.

@@ -188,3 +188,19 @@ def test_a_forked_child_process_can_use_its_own_client(cluster, idle_client):
         except multiprocessing.TimeoutError:
             pytest.fail("Client(scheduler_file=..., timeout=5) in a forked child did not return within 30 s")
     assert value == 2
+
+
+THREAD_LIMIT_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                     "NUMEXPR_NUM_THREADS")
+
+
+def thread_limits():
+    return {var: os.environ.get(var) for var in THREAD_LIMIT_VARS}
+
+
+def test_numeric_libraries_in_children_share_the_cores_among_slots(client, cluster):
+    # As loky does for its workers: each child's BLAS/OpenMP pools get the machine's
+    # cores divided by the worker's slots, unless the worker's environment says otherwise.
+    share = str(max(1, len(os.sched_getaffinity(0)) // cluster.slots_per_worker))
+    expected = {var: os.environ.get(var, share) for var in THREAD_LIMIT_VARS}
+    assert client.submit(thread_limits).result(60) == expected

@@ -46,13 +46,21 @@ pub struct PythonConfig {
     pub max_tasks_per_child: u32,
     /// A child whose resident memory exceeds this many bytes after a task is replaced.
     pub max_child_memory: Option<u64>,
+    /// Threads each child's numeric libraries may start (OpenMP, OpenBLAS, MKL,
+    /// Accelerate, numexpr), as loky gives its workers: [`THREAD_LIMIT_VARS`] not set in
+    /// the worker's own environment are set to this. `None` leaves them alone.
+    pub threads_per_child: Option<u32>,
 }
 
 impl Default for PythonConfig {
     fn default() -> Self {
-        Self { python: "python3".into(), max_tasks_per_child: 10_000, max_child_memory: None }
+        Self { python: "python3".into(), max_tasks_per_child: 10_000, max_child_memory: None, threads_per_child: None }
     }
 }
+
+/// The environment variables that bound the thread pools of numeric libraries.
+pub const THREAD_LIMIT_VARS: [&str; 5] =
+    ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"];
 
 /// What a child reports about itself when it starts.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -108,7 +116,15 @@ struct ObjectLocation {
 
 impl PyChild {
     async fn spawn(config: &PythonConfig) -> Result<Self, ChildError> {
-        let mut process = Command::new(&config.python)
+        let mut command = Command::new(&config.python);
+        if let Some(threads) = config.threads_per_child {
+            // Slots run side by side: a child that started a thread per core for its
+            // matrix products would fight the other slots for the cores.
+            for var in THREAD_LIMIT_VARS.iter().filter(|var| std::env::var_os(var).is_none()) {
+                command.env(var, threads.to_string());
+            }
+        }
+        let mut process = command
             .arg("-c")
             .arg(CHILD_SOURCE)
             .stdin(Stdio::piped())
