@@ -105,6 +105,25 @@ def test_large_arrays_are_scattered_automatically_once(idle_client):
     assert not (left & during), "the backend's automatic pins go with it"
 
 
+def test_mid_sized_arrays_are_scattered_from_their_second_use(idle_client):
+    mid = np.ones((100, 128))  # 100 KiB: under 1 MiB, over the 64 KiB reuse threshold
+    once = np.full((100, 128), 2.0)
+    small = np.ones((10, 10))
+    with parallel_backend("stockade", client=idle_client):
+        before = pinned_keys(idle_client)
+        assert Parallel(n_jobs=2)([delayed(column_sum)(mid, 0), delayed(column_sum)(once, 0)]) == [100.0, 200.0]
+        assert pinned_keys(idle_client) - before == set(), "a first use travels inline"
+        out = Parallel(n_jobs=2)(delayed(column_sum)(mid, j) for j in range(10))
+        assert out == [100.0] * 10
+        pinned = pinned_keys(idle_client) - before
+        assert len(pinned) == 1, f"the reused array is pinned once, got {pinned}"
+        Parallel(n_jobs=2)(delayed(column_sum)(small, j) for j in range(10))
+        assert pinned_keys(idle_client) - before == pinned, "small arrays always travel inline"
+    gc.collect()
+    left = poll(lambda: pinned_keys(idle_client), lambda k: not (k & pinned), timeout=10)
+    assert not (left & pinned), "the backend's automatic pins go with it"
+
+
 def test_a_sessions_pins_are_gone_after_the_with_block(cluster, idle_client):
     x = np.random.default_rng(1).random((1000, 20))
     with parallel_backend("stockade", scheduler_host=cluster.address, scatter=[x]):

@@ -57,8 +57,8 @@ class StockadeBackend(AutoBatchingMixin, ParallelBackendBase):
     ``scatter=[X, y]`` pins those objects on every worker when the backend is made;
     batches then refer to them by key wherever they appear in the arguments. Other
     numpy arrays of at least ``auto_scatter`` bytes (1 MiB; ``None`` turns it off) are
-    pinned on first use. The pins are released when the backend goes away (the end of
-    its ``with`` block).
+    pinned on first use, and those of 64 KiB or more on their second use in the session.
+    The pins are released when the backend goes away (the end of its ``with`` block).
     """
 
     default_n_jobs = -1

@@ -83,8 +83,9 @@ class Client:
     ``scheduler_file=`` (or ``token=``). Futures are ``concurrent.futures.Future``.
 
     Arguments are pickled with cloudpickle; objects given to :meth:`scatter` and numpy
-    arrays of at least ``auto_scatter`` bytes (``None`` turns that off) are pinned once
-    on every worker and sent by reference.
+    arrays of at least ``auto_scatter`` bytes (``None`` turns that off), and those of
+    64 KiB or more from their second use, are pinned once on every worker and sent by
+    reference.
     """
 
     def __init__(

@@ -16,6 +16,7 @@ import io
 import pickle
 import sys
 import threading
+import weakref
 from typing import Any
 
 import cloudpickle
@@ -24,8 +25,14 @@ from ._errors import StockadeError, error_for
 
 PIN = "stockade/pin"
 
-#: Arrays at least this large are scattered automatically (bytes).
+#: Arrays at least this large are scattered automatically, from their first use (bytes).
 DEFAULT_AUTO_SCATTER = 1 << 20
+
+#: Smaller arrays, down to this size, are scattered automatically from their second use
+#: in a session: a scikit-learn search sends the same ``X`` with every fit, and one copy
+#: per worker beats one per task (a 0.9 MB ``X`` took the example search from 91 % to
+#: 96 % of its ideal time), while an array sent once still travels once, inline.
+REUSE_SCATTER = 64 << 10
 
 
 class Pinned:
@@ -91,6 +98,8 @@ class ObjectSession:
         self._client = client
         self.auto_threshold = auto_threshold
         self._by_id: dict[int, tuple[Any, Pinned]] = {}
+        # Arrays sent inline once, by identity; a second use pins them.
+        self._seen: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
 
     def scatter(self, obj: Any) -> Pinned:
@@ -113,11 +122,18 @@ class ObjectSession:
         held = self._by_id.get(id(obj))
         if held is not None and held[0] is obj:
             return held[1]
-        if self.auto_threshold is not None:
-            np = sys.modules.get("numpy")
-            if np is not None and type(obj) is np.ndarray and obj.nbytes >= self.auto_threshold:
-                return self.scatter(obj)
-        return None
+        if self.auto_threshold is None:
+            return None
+        np = sys.modules.get("numpy")
+        if np is None or type(obj) is not np.ndarray or obj.nbytes < min(REUSE_SCATTER, self.auto_threshold):
+            return None
+        if obj.nbytes >= self.auto_threshold:
+            return self.scatter(obj)
+        with self._lock:
+            seen = self._seen.get(id(obj)) is obj
+            if not seen:
+                self._seen[id(obj)] = obj
+        return self.scatter(obj) if seen else None
 
     def dumps(self, obj: Any) -> tuple[bytes, list[bytes]]:
         """Pickles ``obj`` (cloudpickle) with pinned objects replaced by their keys;
@@ -142,6 +158,7 @@ class ObjectSession:
         with self._lock:
             keys = [ref.key for _, ref in self._by_id.values()]
             self._by_id.clear()
+            self._seen.clear()
         if keys:
             self._client._unpin(keys)
 
