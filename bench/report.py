@@ -188,6 +188,10 @@ PANELS = [
      [("first result", "coldstart", 0, "total")]),
     ("zero-work scheduler throughput (tasks/s)", False,
      [("no-op, Rust client", "scheduler", 0, "tps")]),
+    ("WebAssembly and built-in no-op tasks through the cluster (tasks/s)", False,
+     [("tasks/s", "wasm", 0, "tps")]),
+    ("one ridge fit: sandbox, native Rust, numpy (ms of CPU, lower is better)", False,
+     [("fit and score", "wasm", 1, "ms")]),
 ]
 
 
