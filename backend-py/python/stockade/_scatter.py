@@ -98,6 +98,9 @@ class ObjectSession:
         self._client = client
         self.auto_threshold = auto_threshold
         self._by_id: dict[int, tuple[Any, Pinned]] = {}
+        #: Types of the objects pinned by identity (kept until release): the pickler
+        #: looks up only objects of these types, and numpy arrays.
+        self.types: set[type] = set()
         # Arrays sent inline once, by identity; a second use pins them.
         self._seen: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
@@ -116,6 +119,7 @@ class ObjectSession:
                 self._client._unpin([ref.key])
                 return self._by_id[id(obj)][1]
             self._by_id[id(obj)] = (obj, ref)
+            self.types.add(type(obj))
         return ref
 
     def lookup(self, obj: Any) -> Pinned | None:
@@ -158,6 +162,7 @@ class ObjectSession:
         with self._lock:
             keys = [ref.key for _, ref in self._by_id.values()]
             self._by_id.clear()
+            self.types.clear()
             self._seen.clear()
         if keys:
             self._client._unpin(keys)
@@ -170,8 +175,12 @@ class _Pickler(cloudpickle.Pickler):
         self.needs: dict[bytes, None] = {}
 
     def persistent_id(self, obj):
-        if type(obj) is Pinned:
+        # Called for every object pickled (ints and strings too): most return at once.
+        kind = type(obj)
+        if kind is Pinned:
             ref = obj
+        elif kind not in self._objects.types and kind.__name__ != "ndarray":
+            return None
         else:
             ref = self._objects.lookup(obj)
             if ref is None:
