@@ -55,6 +55,13 @@ def pinned_keys(client):
     return {p["key"] for p in client.scheduler_info()["pinned"]}
 
 
+def assert_released(client, keys):
+    """The backend's automatic pins go with it (once it is collected)."""
+    gc.collect()
+    left = poll(lambda: pinned_keys(client), lambda k: not (k & keys), timeout=10)
+    assert not (left & keys), f"pins left after the backend went: {left & keys}"
+
+
 def test_scattered_objects_give_the_same_results(idle_client):
     rng = np.random.default_rng(0)
     arr = rng.random((300, 40))
@@ -100,9 +107,7 @@ def test_large_arrays_are_scattered_automatically_once(idle_client):
         assert len(during) == 1, f"one pin for one array, got {during}"
         Parallel(n_jobs=2)(delayed(column_sum)(big, j) for j in range(5))
         assert pinned_keys(idle_client) - before == during, "reused, not pinned again"
-    gc.collect()
-    left = poll(lambda: pinned_keys(idle_client), lambda k: not (k & during), timeout=10)
-    assert not (left & during), "the backend's automatic pins go with it"
+    assert_released(idle_client, during)
 
 
 def test_mid_sized_arrays_are_scattered_from_their_second_use(idle_client):
@@ -119,9 +124,7 @@ def test_mid_sized_arrays_are_scattered_from_their_second_use(idle_client):
         assert len(pinned) == 1, f"the reused array is pinned once, got {pinned}"
         Parallel(n_jobs=2)(delayed(column_sum)(small, j) for j in range(10))
         assert pinned_keys(idle_client) - before == pinned, "small arrays always travel inline"
-    gc.collect()
-    left = poll(lambda: pinned_keys(idle_client), lambda k: not (k & pinned), timeout=10)
-    assert not (left & pinned), "the backend's automatic pins go with it"
+    assert_released(idle_client, pinned)
 
 
 def test_a_sessions_pins_are_gone_after_the_with_block(cluster, idle_client):
