@@ -287,21 +287,16 @@ const LIFELINE_ENV: &str = "STOCKADE_LIFELINE_FD";
 /// Completes on SIGINT or SIGTERM, or when the lifeline ([`LIFELINE_ENV`]) ends.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let lifeline = lifeline_ended();
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-                _ = lifeline => {}
-            }
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => drop(term.recv().await),
+            Err(_) => std::future::pending().await,
         }
-        Err(_) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = lifeline => {}
-            }
-        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+        _ = lifeline_ended() => {}
     }
 }
 

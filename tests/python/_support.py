@@ -43,10 +43,23 @@ def wait_idle(client: stockade.Client, timeout: float = 30.0) -> dict:
     return poll(client.scheduler_info, is_idle, timeout)
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def parent_pid_of(pid: int) -> int:
     """The parent process id of ``pid`` (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
+    return int(_stat_fields(pid)[1])
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not count: it has exited)."""
+    try:
+        return _stat_fields(pid)[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def worker_pids(cluster: stockade.LocalCluster) -> set[int]:

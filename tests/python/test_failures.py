@@ -11,7 +11,7 @@ import pytest
 from joblib import Parallel, delayed, parallel_config
 
 import stockade
-from _support import is_idle, poll, worker_pids
+from _support import alive, is_idle, poll, worker_pids
 
 RESULT_TIMEOUT = 60
 
@@ -98,15 +98,6 @@ with stockade.Client(scheduler_file=cluster.scheduler_file) as client:
 print(" ".join(map(str, [cluster.scheduler.pid, *(w.pid for w in cluster.workers), *children])), flush=True)
 os._exit(0)  # no atexit, no close(): as if killed
 """
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not count: it has exited)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.timeout(120)

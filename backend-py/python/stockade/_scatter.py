@@ -173,13 +173,15 @@ class _Pickler(cloudpickle.Pickler):
         super().__init__(file)
         self._objects = objects
         self.needs: dict[bytes, None] = {}
+        np = sys.modules.get("numpy")
+        self._ndarray = np.ndarray if np is not None else None
 
     def persistent_id(self, obj):
         # Called for every object pickled (ints and strings too): most return at once.
         kind = type(obj)
         if kind is Pinned:
             ref = obj
-        elif kind not in self._objects.types and kind.__name__ != "ndarray":
+        elif kind is not self._ndarray and kind not in self._objects.types:
             return None
         else:
             ref = self._objects.lookup(obj)

@@ -281,17 +281,17 @@ fn store_error(e: impl std::fmt::Display) -> TaskError {
     TaskError { kind: crate::proto::ErrorKind::DataLost, message: e.to_string(), detail: Vec::new() }
 }
 
-/// Pins an object from the store this worker shares with the scheduler.
 /// Lets the executor prepare for an object the worker now holds.
 fn prepare(executor: &dyn Executor, table: &Mutex<PinTable>, tenant: &str, reply: &PinReply) {
     if !matches!(reply.outcome, PinOutcome::Pinned(_)) {
         return;
     }
-    if let Some(object) = lock(table).resolve(tenant, &[reply.key]).ok().and_then(|mut held| held.pop()) {
+    if let Some(object) = lock(table).get(tenant, &reply.key) {
         executor.prepare(tenant, &object);
     }
 }
 
+/// Pins an object from the store this worker shares with the scheduler.
 fn pin_local(store: &Store, table: &Mutex<PinTable>, header: &ObjectHeader) -> PinReply {
     if let Err(e) = lock(table).reserve(header) {
         return refused(header, e);

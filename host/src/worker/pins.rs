@@ -79,6 +79,11 @@ impl PinTable {
         }
     }
 
+    /// The object `tenant` holds under `key`, if any.
+    pub fn get(&self, tenant: &str, key: &ObjectKey) -> Option<SharedPinned> {
+        self.pins.get(tenant).and_then(|t| t.get(key)).cloned()
+    }
+
     /// The objects a task needs, or a `DataLost` error naming the first one missing.
     pub fn resolve(&self, tenant: &str, needs: &[ObjectKey]) -> Result<Vec<SharedPinned>, TaskError> {
         let held = self.pins.get(tenant);

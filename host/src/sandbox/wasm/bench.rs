@@ -197,16 +197,30 @@ pub fn epoch_overhead(
     pins: Arc<dyn Pins>,
     runs: usize,
 ) -> Result<KernelTimes, WasmError> {
+    epoch_times(name, wasm, task, input, pins, runs).map(|(times, _)| times)
+}
+
+/// [`epoch_overhead`], and the task's output from the engine with epoch checks (as
+/// tasks run).
+fn epoch_times(
+    name: &str,
+    wasm: &[u8],
+    task: &str,
+    input: &[u8],
+    pins: Arc<dyn Pins>,
+    runs: usize,
+) -> Result<(KernelTimes, Vec<u8>), WasmError> {
     let limits = WasmLimits { instances: 2, ..WasmLimits::default() };
     let key = *blake3::hash(wasm).as_bytes();
     let mut loaded = Vec::with_capacity(2);
+    let mut outputs = Vec::with_capacity(2);
     for epoch_interruption in [true, false] {
         let sandbox = WasmSandbox::with_options(
             limits.clone(),
             EngineOptions { epoch_interruption, ..EngineOptions::default() },
         )?;
         let module = sandbox.module(key, wasm)?;
-        sandbox.call(&module, task, input, Arc::clone(&pins))?;
+        outputs.push(sandbox.call(&module, task, input, Arc::clone(&pins))?);
         loaded.push((sandbox, module));
     }
     let pins = &pins;
@@ -217,7 +231,8 @@ pub fn epoch_overhead(
     let mut runs_of: Vec<&mut dyn FnMut() -> Result<(), WasmError>> =
         calls.iter_mut().map(|call| call as &mut dyn FnMut() -> Result<(), WasmError>).collect();
     let medians = median_cpu_times(runs, &mut runs_of)?;
-    Ok(KernelTimes { name: name.to_string(), with_epochs: medians[0], without_epochs: medians[1] })
+    let times = KernelTimes { name: name.to_string(), with_epochs: medians[0], without_epochs: medians[1] };
+    Ok((times, outputs.swap_remove(0)))
 }
 
 /// The median CPU time of this thread over `runs` (at least one) calls of each of
@@ -355,12 +370,7 @@ pub fn ridge(wasm: &[u8], options: &RidgeOptions) -> Result<RidgeReport, WasmErr
                                    "train": train, "test": test})
     .to_string();
 
-    let sandbox =
-        epoch_overhead("the ridge fit", wasm, "fit_score", input.as_bytes(), Arc::clone(&pins), options.runs)?;
-    let limits = WasmLimits { instances: 2, ..WasmLimits::default() };
-    let checker = WasmSandbox::new(limits)?;
-    let module = checker.module(*blake3::hash(wasm).as_bytes(), wasm)?;
-    let output = checker.call(&module, "fit_score", input.as_bytes(), pins)?;
+    let (sandbox, output) = epoch_times("the ridge fit", wasm, "fit_score", input.as_bytes(), pins, options.runs)?;
     let sandbox_score = serde_json::from_slice::<serde_json::Value>(&output)
         .ok()
         .and_then(|fitted| fitted["score"].as_f64())

@@ -108,13 +108,14 @@ fn pool_config(limits: &WasmLimits) -> PoolingAllocationConfig {
     if PoolingAllocationConfig::is_pagemap_scan_available() {
         pool.linear_memory_keep_resident(KEEP_RESIDENT).table_keep_resident(KEEP_RESIDENT).pagemap_scan(Enabled::Yes);
     }
-    // A freed slot's pages that the guest wrote, up to KEEP_RESIDENT, are found with
-    // the PAGEMAP_SCAN ioctl (Linux 6.7+) and rewritten in place; the rest are returned
-    // with `madvise`. (Without the ioctl, memory kept resident would be rewritten whole
-    // on every reset: there, every page is returned with `madvise`, wasmtime's default.) A Rust guest writes a
-    // few dozen pages (its stack, data and heap): resetting them in place instead of
-    // unmapping them and faulting them in again took a no-op call from about 30 µs to
-    // 9 µs here. The cost: up to KEEP_RESIDENT of resident memory per used slot.
+    // A freed slot's pages that the guest wrote, up to KEEP_RESIDENT, are found with the
+    // PAGEMAP_SCAN ioctl (Linux 6.7+) and rewritten in place; the rest are returned with
+    // `madvise`. Without the ioctl, memory kept resident would be rewritten whole on
+    // every reset, so there every page is returned with `madvise` (wasmtime's default).
+    // A Rust guest writes a few dozen pages (its stack, data and heap): resetting them in
+    // place instead of unmapping them and faulting them in again took a no-op call from
+    // about 30 µs to 9 µs here. The cost: up to KEEP_RESIDENT of resident memory per
+    // used slot.
     pool
 }
 
