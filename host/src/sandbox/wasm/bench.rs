@@ -167,7 +167,9 @@ pub fn bench(options: &BenchOptions) -> Result<BenchReport, WasmError> {
     let input = options.compute_repetitions.to_le_bytes();
     let kernels = KERNELS
         .into_iter()
-        .map(|(task, name)| epoch_overhead(name, &wasm, task, &input, Arc::clone(&pins), options.compute_runs))
+        .map(|(task, name)| {
+            epoch_overhead(name, &wasm, task, &input, Arc::clone(&pins), options.compute_runs).map(|(times, _)| times)
+        })
         .collect::<Result<_, _>>()?;
 
     Ok(BenchReport {
@@ -184,25 +186,13 @@ pub fn bench(options: &BenchOptions) -> Result<BenchReport, WasmError> {
 /// The cost of epoch interruption on one task of any guest: the median CPU time of
 /// `runs` calls in a sandbox with default limits, and in one whose engine does not
 /// instrument code with epoch checks, the two taking turns (so that a change in the
-/// machine's speed affects both alike).
+/// machine's speed affects both alike); with the task's output from the engine with
+/// epoch checks (as tasks run).
 ///
 /// # Errors
 ///
 /// What loading the module or calling the task returns.
 pub fn epoch_overhead(
-    name: &str,
-    wasm: &[u8],
-    task: &str,
-    input: &[u8],
-    pins: Arc<dyn Pins>,
-    runs: usize,
-) -> Result<KernelTimes, WasmError> {
-    epoch_times(name, wasm, task, input, pins, runs).map(|(times, _)| times)
-}
-
-/// [`epoch_overhead`], and the task's output from the engine with epoch checks (as
-/// tasks run).
-fn epoch_times(
     name: &str,
     wasm: &[u8],
     task: &str,
@@ -370,7 +360,7 @@ pub fn ridge(wasm: &[u8], options: &RidgeOptions) -> Result<RidgeReport, WasmErr
                                    "train": train, "test": test})
     .to_string();
 
-    let (sandbox, output) = epoch_times("the ridge fit", wasm, "fit_score", input.as_bytes(), pins, options.runs)?;
+    let (sandbox, output) = epoch_overhead("the ridge fit", wasm, "fit_score", input.as_bytes(), pins, options.runs)?;
     let sandbox_score = serde_json::from_slice::<serde_json::Value>(&output)
         .ok()
         .and_then(|fitted| fitted["score"].as_f64())
