@@ -176,7 +176,8 @@ def main():
     # Ctrl-C on the worker's terminal reaches the whole process group; the worker
     # decides what happens to its children, so they ignore it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    proto_in = os.fdopen(os.dup(0), "rb", buffering=0)
+    # Buffered: a small request's length and body come in one read.
+    proto_in = os.fdopen(os.dup(0), "rb", buffering=65536)
     proto_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # user prints go to the worker's log
     sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb"), line_buffering=True)

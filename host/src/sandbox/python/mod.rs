@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::proto::{Assignment, ErrorKind, ObjectKey, Outcome, TaskError, DEFAULT_MAX_FRAME};
@@ -91,8 +91,11 @@ enum ChildError {
 struct PyChild {
     process: Child,
     stdin: ChildStdin,
-    stdout: ChildStdout,
+    /// Buffered: a small answer's length and body come in one read.
+    stdout: BufReader<ChildStdout>,
     hello: ChildHello,
+    /// `/proc/PID/statm`, opened once and read again for each memory check (Linux).
+    statm: Option<std::fs::File>,
     tasks: u32,
     /// Objects whose location this child was told.
     known: HashSet<ObjectKey>,
@@ -134,13 +137,15 @@ impl PyChild {
             .spawn()
             .map_err(|source| ChildError::Spawn { python: config.python.clone(), source })?;
         let hello_err = |detail: String| ChildError::Hello { python: config.python.clone(), detail };
-        let (Some(stdin), Some(mut stdout)) = (process.stdin.take(), process.stdout.take()) else {
+        let (Some(stdin), Some(stdout)) = (process.stdin.take(), process.stdout.take()) else {
             return Err(hello_err("no pipes".into()));
         };
+        let mut stdout = BufReader::with_capacity(ANSWER_BUFFER, stdout);
         let frame = read_frame(&mut stdout, HELLO_MAX).await.map_err(|e| hello_err(e.to_string()))?;
         let hello: ChildHello = serde_json::from_slice(&frame).map_err(|e| hello_err(format!("bad hello: {e}")))?;
         tracing::debug!(pid = hello.pid, python = %hello.python, cloudpickle = %hello.cloudpickle, "python child started");
-        Ok(Self { process, stdin, stdout, hello, tasks: 0, known: HashSet::new() })
+        let statm = std::fs::File::open(format!("/proc/{}/statm", hello.pid)).ok();
+        Ok(Self { process, stdin, stdout, hello, statm, tasks: 0, known: HashSet::new() })
     }
 
     /// The update that tells this child about `pins` it has not seen and makes it drop
@@ -237,6 +242,19 @@ impl PyChild {
         };
         ChildError::Died { pid: self.hello.pid, status }
     }
+
+    /// The child's resident memory, from its `/proc/PID/statm` (Linux), opened once:
+    /// one `pread` per check, since the check follows every task.
+    fn resident_bytes(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 128];
+        let n = self.statm.as_ref()?.read_at(&mut buf, 0).ok()?;
+        let text = std::str::from_utf8(buf.get(..n)?).ok()?;
+        let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        Some(pages * u64::try_from(page).ok()?)
+    }
 }
 
 fn describe(status: std::process::ExitStatus) -> String {
@@ -248,16 +266,10 @@ fn describe(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// Resident memory of a process, from `/proc/PID/statm` (Linux).
-fn resident_bytes(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).ok()?)
-}
+/// Capacity of the buffer over a child's answers.
+const ANSWER_BUFFER: usize = 64 * 1024;
 
-async fn read_frame(stdout: &mut ChildStdout, max: usize) -> std::io::Result<Vec<u8>> {
+async fn read_frame(stdout: &mut BufReader<ChildStdout>, max: usize) -> std::io::Result<Vec<u8>> {
     let mut header = [0u8; 4];
     stdout.read_exact(&mut header).await?;
     let len = u32::from_le_bytes(header) as usize;
@@ -326,7 +338,7 @@ impl PythonExecutor {
             tracing::debug!(pid = child.hello.pid, tasks = child.tasks, "recycling python child after its task limit");
             return;
         }
-        if let (Some(limit), Some(rss)) = (self.config.max_child_memory, resident_bytes(child.hello.pid)) {
+        if let (Some(limit), Some(rss)) = (self.config.max_child_memory, child.resident_bytes()) {
             if rss > limit {
                 tracing::info!(pid = child.hello.pid, rss, limit, "recycling python child over its memory limit");
                 return;
