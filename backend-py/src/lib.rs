@@ -6,7 +6,7 @@
 //! package's dispatcher thread collects them with [`NativeClient::wait_completions`].
 //! So the runtime never waits for the GIL.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -63,19 +63,107 @@ struct Completed {
     data: Vec<u8>,
 }
 
+impl Completed {
+    fn into_tuple(self, py: Python<'_>) -> CompletionTuple<'_> {
+        (self.id, self.status, self.kind, self.message, PyBytes::new(py, &self.data))
+    }
+}
+
+/// Finished tasks on their way to Python. Most go to the dispatcher thread; a task a
+/// Python thread is blocked on (`Future.result()`) is *claimed* and handed to that
+/// thread directly, saving the hop through the dispatcher.
 #[derive(Default)]
 struct CompletionQueue {
-    items: Mutex<VecDeque<Completed>>,
+    state: Mutex<QueueState>,
+    /// The dispatcher waits here.
     ready: Condvar,
+    /// Threads waiting for a claimed task wait here.
+    claimed_ready: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    items: VecDeque<Completed>,
+    /// Claimed task ids, with the completion once it arrived.
+    claimed: HashMap<u64, Option<Completed>>,
 }
 
 impl CompletionQueue {
     fn push(&self, item: Completed) {
-        if let Ok(mut items) = self.items.lock() {
-            items.push_back(item);
+        let claimed = {
+            let Ok(mut state) = self.state.lock() else { return };
+            match state.claimed.get_mut(&item.id) {
+                Some(slot) => {
+                    *slot = Some(item);
+                    true
+                }
+                None => {
+                    state.items.push_back(item);
+                    false
+                }
+            }
+        };
+        // Notified after the lock is released: a waiter woken while it is held would
+        // block on it at once and need a second wake-up.
+        if claimed {
+            self.claimed_ready.notify_all();
+        } else {
             self.ready.notify_one();
         }
     }
+
+    /// Waits up to `timeout` for the dispatcher's completions and takes them all.
+    fn drain(&self, timeout: Duration) -> Vec<Completed> {
+        let Ok(mut state) = self.state.lock() else { return Vec::new() };
+        if state.items.is_empty() {
+            state = match self.ready.wait_timeout(state, timeout) {
+                Ok((guard, _)) => guard,
+                Err(_) => return Vec::new(),
+            };
+        }
+        state.items.drain(..).collect()
+    }
+
+    /// Waits up to `timeout` for the completion of task `id` and takes it. `still_pending`
+    /// says whether the client has yet to call the task's completion: if it has and the
+    /// completion is not queued, the dispatcher has it already.
+    fn take(&self, id: u64, timeout: Duration, still_pending: impl Fn() -> bool) -> Taken {
+        let Ok(mut state) = self.state.lock() else { return Taken::Elsewhere };
+        if let Some(at) = state.items.iter().position(|c| c.id == id) {
+            return state.items.remove(at).map_or(Taken::Elsewhere, Taken::Here);
+        }
+        // Checked under the queue's lock: a completion called after this goes to the
+        // claim below.
+        if !still_pending() {
+            return Taken::Elsewhere;
+        }
+        state.claimed.insert(id, None);
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(Some(_)) = state.claimed.get(&id) {
+                return state.claimed.remove(&id).flatten().map_or(Taken::Elsewhere, Taken::Here);
+            }
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                state.claimed.remove(&id);
+                return Taken::NotYet;
+            }
+            state = match self.claimed_ready.wait_timeout(state, left) {
+                Ok((guard, _)) => guard,
+                Err(_) => return Taken::Elsewhere,
+            };
+        }
+    }
+}
+
+/// What [`CompletionQueue::take`] found.
+enum Taken {
+    /// The completion, for this thread.
+    Here(Completed),
+    /// The task has not finished.
+    NotYet,
+    /// The dispatcher thread has (or will get) the completion.
+    Elsewhere,
 }
 
 fn kind_name(kind: ErrorKind) -> &'static str {
@@ -278,20 +366,24 @@ impl NativeClient {
 
     /// Waits up to `timeout` seconds for finished tasks and returns all there are, as
     /// `(id, status, kind, message, data)` tuples; status 0 = returned, 1 = raised,
-    /// 2 = other error.
+    /// 2 = other error. Tasks claimed by [`NativeClient::wait_for`] are not among them.
     fn wait_completions<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Vec<CompletionTuple<'py>>> {
-        let drained: Vec<Completed> = py.detach(|| {
-            let Ok(mut items) = self.queue.items.lock() else { return Vec::new() };
-            if items.is_empty() {
-                let wait = Duration::from_secs_f64(timeout.max(0.0));
-                items = match self.queue.ready.wait_timeout(items, wait) {
-                    Ok((guard, _)) => guard,
-                    Err(_) => return Vec::new(),
-                };
-            }
-            items.drain(..).collect()
-        });
-        Ok(drained.into_iter().map(|c| (c.id, c.status, c.kind, c.message, PyBytes::new(py, &c.data))).collect())
+        let drained = py.detach(|| self.queue.drain(Duration::from_secs_f64(timeout.max(0.0))));
+        Ok(drained.into_iter().map(|c| c.into_tuple(py)).collect())
+    }
+
+    /// Waits up to `timeout` seconds in this thread for task `id`, claiming its
+    /// completion from the dispatcher thread. Returns its `(id, status, kind, message,
+    /// data)` tuple, `None` if it did not finish in time, or `False` if the completion
+    /// went to the dispatcher thread (before the claim), which completes the future.
+    fn wait_for<'py>(&self, py: Python<'py>, id: u64, timeout: f64) -> PyResult<Bound<'py, PyAny>> {
+        let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::MAX);
+        let taken = py.detach(|| self.queue.take(id, timeout, || self.client.is_pending(id)));
+        Ok(match taken {
+            Taken::Here(c) => c.into_tuple(py).into_pyobject(py)?.into_any(),
+            Taken::NotYet => py.None().into_bound(py),
+            Taken::Elsewhere => false.into_pyobject(py)?.to_owned().into_any(),
+        })
     }
 
     /// Cancels tasks by id; each completes with kind "Cancelled" unless already done.

@@ -204,3 +204,66 @@ def test_numeric_libraries_in_children_share_the_cores_among_slots(client, clust
     share = str(max(1, len(os.sched_getaffinity(0)) // cluster.slots_per_worker))
     expected = {var: os.environ.get(var, share) for var in THREAD_LIMIT_VARS}
     assert client.submit(thread_limits).result(60) == expected
+
+
+def wait_for_file(path, value):
+    """A task that returns `value` once `path` exists (at most 60 s)."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
+
+
+@pytest.mark.timeout(60)
+def test_result_with_a_timeout_times_out_and_a_later_result_still_gets_the_value(idle_client, tmp_path):
+    gate = tmp_path / "gate"
+    future = idle_client.submit(wait_for_file, str(gate), 42)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        future.result(timeout=0.2)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        future.exception(timeout=0)
+    gate.touch()
+    assert future.result(RESULT_TIMEOUT) == 42
+    assert future.exception(0) is None
+
+
+@pytest.mark.timeout(60)
+def test_threads_waiting_on_the_same_future_all_get_its_result_and_callbacks_run_once(idle_client, tmp_path):
+    gate = tmp_path / "gate"
+    future = idle_client.submit(wait_for_file, str(gate), "done")
+    calls = []
+    future.add_done_callback(calls.append)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        waiting = [pool.submit(future.result, RESULT_TIMEOUT) for _ in range(4)]
+        gate.touch()
+        assert [w.result(RESULT_TIMEOUT) for w in waiting] == ["done"] * 4
+    assert calls == [future]
+
+
+@pytest.mark.timeout(60)
+def test_a_signal_interrupts_a_thread_blocked_in_result(idle_client, tmp_path):
+    import signal
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum, frame):
+        raise Interrupted()
+
+    gate = tmp_path / "gate"
+    future = idle_client.submit(wait_for_file, str(gate), 7)
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Interrupted):
+            future.result(RESULT_TIMEOUT)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    gate.touch()
+    assert future.result(RESULT_TIMEOUT) == 7
+
+
+def test_a_raising_task_seen_through_exception_in_the_waiting_thread(idle_client):
+    error = idle_client.submit(divide, 1, 0).exception(RESULT_TIMEOUT)
+    assert isinstance(error, ZeroDivisionError)

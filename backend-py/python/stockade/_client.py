@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, Callable, Iterable
 
@@ -76,6 +77,57 @@ def _rebuild_exception(data: bytes) -> BaseException:
     return exc
 
 
+class TaskFuture(Future):
+    """The future of one task. A thread that blocks in :meth:`result` or
+    :meth:`exception` takes the task's completion from the native client itself, one
+    thread hand-off sooner than the dispatcher thread would deliver it."""
+
+    def __init__(self, client: "Client"):
+        super().__init__()
+        self.set_running_or_notify_cancel()
+        self.stockade_id = -1
+        self._client: Client | None = client
+        self._claimed = False
+
+    def result(self, timeout: float | None = None) -> Any:
+        return super().result(self._collect(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return super().exception(self._collect(timeout))
+
+    def _collect(self, timeout: float | None) -> float | None:
+        """Waits for the completion in this thread (unless another thread does, or the
+        dispatcher has it); returns what is left of ``timeout``."""
+        client = self._client
+        if client is None or self.done():
+            return timeout
+        with client._lock:
+            if self._claimed or client._futures.get(self.stockade_id) is not self:
+                return timeout
+            self._claimed = True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not self.done():
+                # In steps, so that Ctrl-C interrupts the wait.
+                step = _WAIT_STEP if deadline is None else min(_WAIT_STEP, deadline - time.monotonic())
+                if step <= 0:
+                    break
+                got = client._native.wait_for(self.stockade_id, step)
+                if got is False:
+                    break  # the dispatcher thread completes this future
+                if got is not None:
+                    with client._lock:
+                        client._futures.pop(self.stockade_id, None)
+                    client._complete(self, *got[1:])
+        finally:
+            self._claimed = False
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+# How long a thread blocked in TaskFuture.result() waits before checking for signals.
+_WAIT_STEP = 0.1
+
+
 class Client:
     """A connection to a Stockade scheduler.
 
@@ -104,7 +156,7 @@ class Client:
         self._pins_lock = threading.Lock()
         self._objects = ObjectSession(self, auto_scatter)
         self._modules: dict[str, bytes] = {}
-        self._futures: dict[int, Future] = {}
+        self._futures: dict[int, TaskFuture] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._dispatcher = threading.Thread(target=self._dispatch, name="stockade-results", daemon=True)
@@ -136,8 +188,7 @@ class Client:
         self._check_usable()
         module = self._module_key(task.module)
         data, needs = task.encode(args, kwargs)
-        future = Future()
-        future.set_running_or_notify_cancel()
+        future = TaskFuture(self)
         future.stockade_wasm = True
         with self._lock:
             task_id = self._native.submit_wasm(module, task.name, data, needs)
@@ -206,9 +257,7 @@ class Client:
         """Submits already pickled zero-argument callables; ``needs`` lists per
         payload the keys of the pinned objects it refers to."""
         self._check_usable()
-        futures = [Future() for _ in payloads]
-        for f in futures:
-            f.set_running_or_notify_cancel()
+        futures = [TaskFuture(self) for _ in payloads]
         # Hold the lock so that no completion arrives before its future is known.
         with self._lock:
             ids = self._native.submit_many(payloads, _VERSION_HEADER, needs)
@@ -231,31 +280,37 @@ class Client:
             for task_id, status, kind, message, data in self._native.wait_completions(0.2):
                 with self._lock:
                     future = self._futures.pop(task_id, None)
-                if future is None or future.done():
-                    continue
-                if getattr(future, "stockade_wasm", False):
-                    if status == _DONE:
-                        future.set_result(_wasm.decode(data))
-                    elif status == _RAISED:
-                        future.set_exception(WasmTaskFailed(message))
-                    else:
-                        future.set_exception(error_for(kind, message))
-                elif status == _DONE:
-                    try:
-                        value = cloudpickle.loads(data)
-                    except Exception as e:
-                        future.set_exception(StockadeError(f"cannot unpickle the task's result here: {e!r}"))
-                    else:
-                        future.set_result(value)
-                elif status == _RAISED:
-                    future.set_exception(_rebuild_exception(data))
-                else:
-                    future.set_exception(error_for(kind, message))
+                if future is not None:
+                    self._complete(future, status, kind, message, data)
             # Keep no finished future (and what its callbacks reference, e.g. a joblib
             # backend whose end releases pins) alive until the next completion.
             future = data = None
             if self._closed.is_set() and self._native.pending() == 0:
                 break
+
+    def _complete(self, future: TaskFuture, status: int, kind: str, message: str, data: bytes) -> None:
+        """Sets a task's result or exception from its completion."""
+        future._client = None
+        if future.done():
+            return
+        if getattr(future, "stockade_wasm", False):
+            if status == _DONE:
+                future.set_result(_wasm.decode(data))
+            elif status == _RAISED:
+                future.set_exception(WasmTaskFailed(message))
+            else:
+                future.set_exception(error_for(kind, message))
+        elif status == _DONE:
+            try:
+                value = cloudpickle.loads(data)
+            except Exception as e:
+                future.set_exception(StockadeError(f"cannot unpickle the task's result here: {e!r}"))
+            else:
+                future.set_result(value)
+        elif status == _RAISED:
+            future.set_exception(_rebuild_exception(data))
+        else:
+            future.set_exception(error_for(kind, message))
 
     # -- information and life cycle -----------------------------------------------
 

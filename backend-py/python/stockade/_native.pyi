@@ -1,5 +1,7 @@
 """Type stubs of the native module (Rust, pyo3). Use ``stockade.Client`` instead."""
 
+from typing import Literal
+
 class Client:
     """A connection to a scheduler; thread-safe. Blocking calls release the GIL."""
 
@@ -41,6 +43,11 @@ class Client:
     def wait_completions(self, timeout: float) -> list[tuple[int, int, str, str, bytes]]:
         """Waits up to ``timeout`` seconds; returns ``(id, status, kind, message, data)``
         for every finished task (status 0 returned, 1 raised, 2 other error)."""
+
+    def wait_for(self, id: int, timeout: float) -> tuple[int, int, str, str, bytes] | None | Literal[False]:
+        """Waits up to ``timeout`` seconds in this thread for task ``id``, claiming its
+        completion from ``wait_completions``: the completion tuple, ``None`` if it did
+        not finish in time, ``False`` if ``wait_completions`` already has it."""
 
     def cancel(self, ids: list[int]) -> None:
         """Cancels tasks; each completes with kind "Cancelled" unless already done."""

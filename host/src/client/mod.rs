@@ -340,6 +340,11 @@ impl Client {
         self.shared.pending.lock().map(|p| p.len()).unwrap_or(0)
     }
 
+    /// Whether task `id` was submitted and its completion has not been called yet.
+    pub fn is_pending(&self, id: TaskId) -> bool {
+        self.shared.pending.lock().map(|p| p.contains_key(&id)).unwrap_or(false)
+    }
+
     /// Asks the scheduler for workers, slots and task counts.
     pub async fn scheduler_info(&self, timeout: Duration) -> Result<SchedulerInfo, ClientError> {
         if let Some(e) = self.shared.dead.lock().ok().and_then(|d| d.clone()) {
