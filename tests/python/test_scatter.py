@@ -4,6 +4,7 @@ their session."""
 
 from __future__ import annotations
 
+import functools
 import gc
 
 import numpy as np
@@ -95,6 +96,26 @@ def test_a_scattered_object_nested_in_arguments_is_sent_by_key(idle_client):
         assert out == [[("ndarray", False, float(arr.sum()))]] * 4
     finally:
         idle_client.release(ref)
+
+
+def test_task_pickles_carry_pinned_objects_of_every_type_by_key(idle_client):
+    """Arrays and frames go by key through reducer_override; a pinned list or dict,
+    which pickle saves without asking it, through persistent_id."""
+    from stockade._scatter import ObjectSession
+
+    objects = [np.arange(100_000.0), pd.DataFrame({"a": np.arange(50_000.0)}),
+               list(range(100_000)), {"weights": list(range(100_000))}]
+    session = ObjectSession(idle_client, auto_threshold=None)
+    try:
+        for obj in objects:
+            ref = session.scatter(obj)
+            data, needs = session.dumps(functools.partial(describe, obj))
+            assert needs == [ref.key] and len(data) < 4096, (type(obj), len(data))
+            got = idle_client.submit_pickled([data], [needs])[0].result(RESULT_TIMEOUT)
+            want = describe(obj)
+            assert got == (("ndarray", False, want[2]) if isinstance(obj, np.ndarray) else want)
+    finally:
+        session.release()
 
 
 def test_large_arrays_are_scattered_automatically_once(idle_client):

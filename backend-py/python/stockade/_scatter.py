@@ -3,8 +3,9 @@
 An object is pickled with protocol 5; its out-of-band buffers (numpy arrays, pandas
 blocks, any ``PickleBuffer``) stay separate and are written, 64-byte aligned, into an
 rkyv archive in shared memory (layout: ``stockade_guest::archive``), keyed by the hash
-of its bytes. Task pickles then carry only the key, as a persistent id, wherever the
-object sits in the arguments; the worker's Python child maps the archive read-only and
+of its bytes. Task pickles then carry only the key, as a call ``_pinned_object(KEY)``
+(or as a persistent id, see ``_PersistentPickler``), wherever the object sits in the
+arguments; the worker's Python child maps the archive read-only and
 rebuilds the object over the mapping, so numpy arrays arrive without a copy (and, as
 with loky's memmaps, read-only).
 """
@@ -33,6 +34,17 @@ DEFAULT_AUTO_SCATTER = 1 << 20
 #: per worker beats one per task (a 0.9 MB ``X`` took the example search from 91 % to
 #: 96 % of its ideal time), while an array sent once still travels once, inline.
 REUSE_SCATTER = 64 << 10
+
+#: Types that CPython's pickler saves itself, without asking ``reducer_override``.
+_SAVED_DIRECTLY = frozenset(
+    {type(None), bool, int, float, bytes, bytearray, str, dict, set, frozenset, list, tuple, pickle.PickleBuffer}
+)
+
+
+def _pinned_object(key: str) -> Any:
+    """Stands for a pinned object in a task's pickle. Never called: a worker's Python
+    child resolves this global to the object itself (see child.py)."""
+    raise StockadeError(f"the pinned object {key[:16]} can only be read inside a Stockade worker")
 
 
 class Pinned:
@@ -101,6 +113,8 @@ class ObjectSession:
         #: Types of the objects pinned by identity (kept until release): the pickler
         #: looks up only objects of these types, and numpy arrays.
         self.types: set[type] = set()
+        #: Whether one of them is a type the pickler saves without ``reducer_override``.
+        self.saved_directly = False
         # Arrays sent inline once, by identity; a second use pins them.
         self._seen: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
@@ -120,6 +134,7 @@ class ObjectSession:
                 return self._by_id[id(obj)][1]
             self._by_id[id(obj)] = (obj, ref)
             self.types.add(type(obj))
+            self.saved_directly = self.saved_directly or type(obj) in _SAVED_DIRECTLY
         return ref
 
     def lookup(self, obj: Any) -> Pinned | None:
@@ -143,7 +158,7 @@ class ObjectSession:
         """Pickles ``obj`` (cloudpickle) with pinned objects replaced by their keys;
         returns the pickle and the keys it needs."""
         f = io.BytesIO()
-        pickler = _Pickler(f, self)
+        pickler = (_PersistentPickler if self.saved_directly else _Pickler)(f, self)
         pickler.dump(obj)
         return f.getvalue(), list(pickler.needs)
 
@@ -163,12 +178,17 @@ class ObjectSession:
             keys = [ref.key for _, ref in self._by_id.values()]
             self._by_id.clear()
             self.types.clear()
+            self.saved_directly = False
             self._seen.clear()
         if keys:
             self._client._unpin(keys)
 
 
 class _Pickler(cloudpickle.Pickler):
+    """Pickles a task with the session's pinned objects replaced by references, through
+    ``reducer_override``: pickle calls it for objects of every type but the few it saves
+    directly (ints, strings, lists ...), so a batch of many small calls pays little."""
+
     def __init__(self, file, objects: ObjectSession):
         super().__init__(file)
         self._objects = objects
@@ -176,8 +196,8 @@ class _Pickler(cloudpickle.Pickler):
         np = sys.modules.get("numpy")
         self._ndarray = np.ndarray if np is not None else None
 
-    def persistent_id(self, obj):
-        # Called for every object pickled (ints and strings too): most return at once.
+    def _pinned_key(self, obj) -> str | None:
+        """The hex key ``obj`` is pinned under (noted in ``needs``), or None."""
         kind = type(obj)
         if kind is Pinned:
             ref = obj
@@ -188,7 +208,22 @@ class _Pickler(cloudpickle.Pickler):
             if ref is None:
                 return None
         self.needs[ref.key] = None
-        return (PIN, ref.key.hex())
+        return ref.key.hex()
+
+    def reducer_override(self, obj):
+        key = self._pinned_key(obj)
+        if key is not None:
+            return _pinned_object, (key,)
+        return super().reducer_override(obj)
+
+
+class _PersistentPickler(_Pickler):
+    """For a session that pinned an object of a type pickle saves directly (a list, a
+    dict ...): ``persistent_id`` sees those too, at the price of a call per object."""
+
+    def persistent_id(self, obj):
+        key = self._pinned_key(obj)
+        return None if key is None else (PIN, key)
 
 
 def pin(native, obj: Any, timeout: float) -> Pinned:

@@ -11,9 +11,10 @@ Frames are a little-endian u32 length and that many bytes.
   ...]}}, "forget": [KEY, ...]}; length 0 when there is none), then the task: an
   optional version header line `stockade:python=MAJOR.MINOR;cloudpickle=VERSION\n`
   written by the client, then a cloudpickle of a zero-argument callable. A request
-  with no task only applies the update. The pickle refers to pinned objects by
-  persistent id ("stockade/pin", KEY); the child maps the object's file read-only once
-  and rebuilds the object over the mapping (numpy arrays without a copy).
+  with no task only applies the update. The pickle refers to pinned objects as calls
+  of the global `stockade._scatter._pinned_object` with KEY, or by persistent id
+  ("stockade/pin", KEY); the child maps the object's file read-only once and rebuilds
+  the object over the mapping (numpy arrays without a copy).
 - Each answer is one frame: a status byte, then
     0: cloudpickle of the result,
     1: cloudpickle of a dict describing the exception: "exception" (its own pickle, or
@@ -41,6 +42,8 @@ import cloudpickle
 OK, RAISED, REFUSED, DONE = 0, 1, 2, 3
 HEADER = b"stockade:"
 PIN = "stockade/pin"
+# The client's stand-in for a pinned object: a call of this global with the key.
+PIN_MODULE, PIN_GLOBAL = "stockade._scatter", "_pinned_object"
 
 
 def _read_exact(stream, n):
@@ -141,6 +144,11 @@ OBJECTS = Objects()
 
 
 class _Unpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if module == PIN_MODULE and name == PIN_GLOBAL:
+            return OBJECTS.get
+        return super().find_class(module, name)
+
     def persistent_load(self, pid):
         if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == PIN:
             return OBJECTS.get(pid[1])
