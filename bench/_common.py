@@ -1,11 +1,13 @@
 """Shared pieces of the benchmark suite: configuration, the speed probe, interleaved
-repetitions, the backends, process-tree memory, and bounded subprocesses.
+repetitions, the backends and the runner processes they run in, process-tree memory, and
+bounded subprocesses.
 
 Nothing here knows about a particular workload; see suite.py for the list of those.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -14,11 +16,16 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 # -- configuration ---------------------------------------------------------------------
@@ -214,7 +221,7 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-# -- backends inside this process --------------------------------------------------------
+# -- the joblib backends (each runs in a Runner, below) -----------------------------------
 
 
 class Backend:
@@ -319,63 +326,200 @@ class RayBackend(Backend):
 BACKENDS = {"stockade": StockadeBackend, "loky": LokyBackend, "dask": DaskBackend, "ray": RayBackend}
 
 
-class Backends:
-    """Starts the requested backends side by side; those that fail to start are recorded
-    (not silently dropped) and stopped in `close`."""
+# -- one process per backend ------------------------------------------------------------
+#
+# Backends measured in one process disturb each other: dask's Client runs a tornado
+# event-loop thread that takes the GIL every few milliseconds, which alone halved loky's
+# batch_size=1 throughput. So each backend of workloads 1-3 runs in its own long-lived
+# process (a runner) that starts only that backend, and the suite sends it, in turn, the
+# measurements to take: module-level functions of the workloads, called there as
+# fn(backend, *args, **kwargs), returning plain picklable dicts.
 
-    def __init__(self, names: list[str], log=print):
-        self.running: dict[str, Backend] = {}
+
+def _runner_main(conn, name: str) -> None:
+    """The runner process: starts BACKENDS[name], then runs the calls it receives until
+    "stop" (or until the suite has gone), and stops the backend."""
+    # Its own session and process group (pgid = this pid): the suite can kill the whole
+    # tree at once, and a Ctrl-C reaches only the suite, which then stops us cleanly.
+    os.setsid()
+    warnings.filterwarnings("ignore")
+    try:
+        backend = BACKENDS[name]()
+        backend.start()
+    except Exception as e:
+        conn.send(("error", short_error(e)))
+        return
+    conn.send(("ready", None))
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break  # the suite has gone
+            if msg == "stop":
+                break
+            fn, args, kwargs = msg
+            try:
+                reply = ("ok", fn(backend, *args, **kwargs))
+            except NotAvailable as e:
+                reply = ("unavailable", str(e))
+            except Exception as e:
+                reply = ("err", short_error(e))
+            conn.send(reply)
+    finally:
+        try:
+            backend.stop()
+        except Exception as e:
+            log(f"  warning: stopping {name}: {short_error(e)}")
+
+
+class Runner:
+    """One backend in its own spawned process, driven through a pipe.
+
+    `call(fn, *args, timeout=...)` runs `fn(backend, *args)` there and returns its result;
+    the measurement's error comes back as ChildFailed. A call that does not answer within
+    its timeout, or a runner that dies, gets the runner's whole process tree killed (a
+    ChildFailed says so) and every later call fails at once. Not daemonic: dask's
+    LocalCluster starts processes of its own, which daemonic processes may not.
+    """
+
+    def __init__(self, name: str, start_timeout: float = 300.0):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.name = name
+        self.gone: str | None = None  # why the runner cannot take calls any more
+        self.busy = False  # a call was sent and its answer not received
+        self.conn, child_conn = ctx.Pipe()
+        self.process = ctx.Process(target=_runner_main, args=(child_conn, name), name=f"bench-runner-{name}")
+        self.process.start()
+        child_conn.close()  # ours; the child's end closing is then an EOF here
+        try:
+            status, detail = self._exchange(None, start_timeout, "start")
+        except BaseException:
+            self.stop()
+            raise
+        if status != "ready":
+            self.stop()
+            raise ChildFailed(detail)
+
+    def call(self, fn: Callable, *args, timeout: float = 900.0, **kwargs) -> Any:
+        if self.gone:
+            raise ChildFailed(f"{self.name} runner is gone: {self.gone}")
+        status, result = self._exchange((fn, args, kwargs), timeout, fn.__name__)
+        if status == "unavailable":
+            raise NotAvailable(result)
+        if status == "err":
+            raise ChildFailed(result)
+        return result
+
+    def _exchange(self, msg: Any, timeout: float, what: str) -> tuple[str, Any]:
+        """Sends `msg` (unless None), then returns the runner's answer, waited for at
+        most `timeout` s; otherwise kills the runner's tree and raises ChildFailed."""
+        try:
+            if msg is not None:
+                self.conn.send(msg)
+                self.busy = True  # until the answer: stopping then means killing
+            if self.conn.poll(timeout):
+                answer = self.conn.recv()
+                self.busy = False
+                return answer
+            reason = f"gave no answer to {what} within {timeout:.0f} s"
+        except (EOFError, OSError):
+            self.process.join(10)
+            reason = f"exited (code {self.process.exitcode}) during {what}"
+        self.kill(reason)
+        raise ChildFailed(f"{self.name} runner {reason}; its process tree was killed")
+
+    def kill(self, reason: str) -> None:
+        """SIGKILL to the runner's process group and to every process below it."""
+        self.gone = self.gone or reason
+        pids = descendants(self.process.pid) if self.process.is_alive() else []
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:  # it had not made its group yet, or all is gone
+            pass
+        for pid in pids:  # any that left the group
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.join(10)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Asks the runner to stop its backend and exit, and kills its tree if it does not
+        within `timeout` s, or at once if it is still in a call (the suite was interrupted);
+        then kills what it left in its process group (after reap_group's grace)."""
+        if self.process.is_alive() and not self.busy and not self.gone:
+            try:
+                self.conn.send("stop")
+            except OSError:
+                pass
+            self.process.join(timeout)
+            if self.process.is_alive():
+                log(f"  warning: {self.name} runner did not stop within {timeout:.0f} s; killing its tree")
+        if self.process.is_alive():
+            self.kill("stopped")
+        self.gone = self.gone or "stopped"
+        self.conn.close()
+        reap_group(self.process.pid)
+
+
+class Runners:
+    """The runners of the requested backends, started one after another (each start timed
+    on its own); those that fail to start are recorded in `errors` (not silently dropped)."""
+
+    def __init__(self, log=print):
+        self.running: dict[str, Runner] = {}
         self.errors: dict[str, str] = {}
         self.log = log
+
+    def start(self, names: list[str]) -> "Runners":
         for name in names:
-            b = BACKENDS[name]()
+            if name in self.running or name in self.errors:
+                continue
             t = time.perf_counter()
             try:
-                b.start()
+                self.running[name] = Runner(name)
             except Exception as e:
-                self.errors[name] = f"not available: could not start: {short_error(e)}"
-                log(f"  {name}: {self.errors[name]}")
+                why = str(e) if isinstance(e, ChildFailed) else short_error(e)
+                self.errors[name] = f"not available: could not start: {why}"
+                self.log(f"  {name}: {self.errors[name]}")
                 continue
-            self.running[name] = b
-            log(f"  {name} started in {time.perf_counter() - t:.1f} s")
+            self.log(f"  {name} started in {time.perf_counter() - t:.1f} s")
+        return self
+
+    def rows(self, names: list[str]) -> list[Row]:
+        """A table's rows for these backends, with the start error of those not running."""
+        return [Row(n, ours=(n == "stockade"), error=self.errors.get(n)) for n in names]
+
+    def runs(self, fn: Callable, *args, timeout: float = 900.0, **kwargs) -> dict[str, Callable[[], Any]]:
+        """{backend: a callable running fn(backend, *args, **kwargs) in its runner}, for
+        `interleave` (which runs only those of the table's rows)."""
+        return {name: functools.partial(r.call, fn, *args, timeout=timeout, **kwargs)
+                for name, r in self.running.items()}
 
     def close(self) -> None:
-        for name, b in reversed(list(self.running.items())):
+        for name, r in reversed(list(self.running.items())):
             try:
-                b.stop()
+                r.stop()
             except Exception as e:
                 self.log(f"  warning: stopping {name}: {short_error(e)}")
         self.running.clear()
-
-    def __enter__(self) -> "Backends":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        self.errors.clear()
 
 
-_shared: Backends | None = None
+_shared = Runners(log=log)
 
 
-def shared_backends(names: list[str]) -> Backends:
-    """The in-process backends, started once and shared by the workloads that run in this
-    process (1-3); the suite stops them with `close_shared_backends` in a `finally`."""
-    global _shared
-    if _shared is None:
-        _shared = Backends(names, log=log)
-    missing = [n for n in names if n not in _shared.running and n not in _shared.errors]
-    if missing:
-        more = Backends(missing, log=log)
-        _shared.running.update(more.running)
-        _shared.errors.update(more.errors)
-    return _shared
+def shared_runners(names: list[str]) -> Runners:
+    """The backends' runners, started once and shared by workloads 1-3; the suite stops
+    them with `close_shared_runners` in a `finally`."""
+    return _shared.start(names)
 
 
-def close_shared_backends() -> None:
-    global _shared
-    if _shared is not None:
-        _shared.close()
-        _shared = None
+def close_shared_runners() -> None:
+    _shared.close()
 
 
 # -- memory of a process tree ----------------------------------------------------------
@@ -581,6 +725,3 @@ def last_json_line(out: str) -> dict:
             return json.loads(line)
     raise RuntimeError(f"no JSON result in the output: {out[-500:]!r}")
 
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)

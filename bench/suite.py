@@ -27,7 +27,7 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import BENCH, ROOT, Config, NotAvailable, close_shared_backends, log, machine, short_error, to_jsonable  # noqa: E402
+from _common import BENCH, ROOT, Config, NotAvailable, close_shared_runners, log, machine, short_error, to_jsonable  # noqa: E402
 
 # id -> (number, module). The order is the order of results.md.
 WORKLOADS = {
@@ -39,6 +39,9 @@ WORKLOADS = {
     "wasm": ("7", "w_wasm"),
 }
 ORDER = list(WORKLOADS)
+# The workloads that drive the backends' shared runner processes (_common.shared_runners);
+# the runners are stopped after the last of them, so that they do not idle beside the rest.
+ON_RUNNERS = {"overhead", "search"}
 
 
 def select(only: str | None) -> list[str]:
@@ -109,7 +112,7 @@ def main() -> int:
     try:
         failed = run_all(cfg, chosen, data, json_path, base, info)
     finally:
-        close_shared_backends()
+        close_shared_runners()  # the backends' processes of workloads 1-3
     if failed:
         log("FAILED (figures missing because of an unexpected error):\n  " + "\n  ".join(failed))
     return 1 if failed else 0
@@ -120,7 +123,7 @@ def run_all(cfg: Config, chosen: list[str], data: dict, json_path: str, base: st
 
     failed = []
     t_all = time.perf_counter()
-    for key in chosen:
+    for i, key in enumerate(chosen):
         mod = importlib.import_module(WORKLOADS[key][1])
         log(f"== {mod.TITLE}")
         t = time.perf_counter()
@@ -135,6 +138,8 @@ def run_all(cfg: Config, chosen: list[str], data: dict, json_path: str, base: st
             failed.append(f"{key}: {section['error']}")
         if section.get("error"):
             log(f"   {section['error']}")
+        if not ON_RUNNERS & set(chosen[i + 1:]):
+            close_shared_runners()
         for table in section.get("tables", []):
             failed += [f"{key}: {table.title}: {r.label}: {r.error}" for r in table.rows if r.failed]
         section.update(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -160,5 +165,7 @@ def write_reports(report, data: dict, base: str) -> None:
         f.write(report.render_md(data, ORDER, os.path.basename(png) if png else None))
 
 
+# The guard matters: the backends' runners are spawned processes, which import this file
+# as __mp_main__ and must do nothing here.
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,27 +9,23 @@ for two workers. The ideal is computed from the run's own `cv_results_`:
 that is, the time the cross-validation fits and scorings took inside the workers, spread
 perfectly over two slots, plus the final refit on the whole data, which scikit-learn
 runs in the calling process after the search. "% of ideal" = ideal / wall time.
+
+The searches run in the backends' runners (each backend in its own process, see
+_common.Runner), the same ones as workloads 1-2.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import time
 
 import numpy as np
 
-from _common import ROOT, Config, Metric, Row, Table, interleave, log, shared_backends
+from _common import ROOT, Config, Metric, Table, interleave, log, shared_runners
 
 TITLE = "3. scikit-learn randomized SVC search (examples/sklearn_search.py)"
-
-
-def _example():
-    path = os.path.join(ROOT, "examples", "sklearn_search.py")
-    spec = importlib.util.spec_from_file_location("sklearn_search_example", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def ideal_seconds(search) -> float:
@@ -38,14 +34,43 @@ def ideal_seconds(search) -> float:
     return float(search.n_splits_ * per_candidate.sum() / 2 + getattr(search, "refit_time_", 0.0))
 
 
-def run(cfg: Config) -> dict:
+# -- run in a backend's runner --------------------------------------------------------------
+
+
+@functools.cache
+def problem(smoke: bool):
+    """(examples/sklearn_search.py as a module, X, y), loaded once per runner."""
     from sklearn.datasets import load_digits
 
-    example = _example()
+    path = os.path.join(ROOT, "examples", "sklearn_search.py")
+    spec = importlib.util.spec_from_file_location("sklearn_search_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
     X, y = load_digits(return_X_y=True)
     X = np.ascontiguousarray(X)
-    if cfg.smoke:  # tiny: a third of the digits, a few candidates
+    if smoke:  # tiny: a third of the digits, a few candidates
         X, y = X[:600], y[:600]
+    return example, X, y
+
+
+def fit_search(backend, n_iter: int, smoke: bool) -> dict:
+    """One search.fit under the backend: wall time, ideal, and the candidates' mean test
+    scores (under "scores", for the parent's check that every backend found the same)."""
+    example, X, y = problem(smoke)
+    search = example.make_search(n_iter, n_jobs=2)
+    with backend.context():
+        t = time.perf_counter()
+        search.fit(X, y)
+        wall = time.perf_counter() - t
+    ideal = ideal_seconds(search)
+    return {"wall": wall, "pct_ideal": 100 * ideal / wall, "ideal": ideal,
+            "scores": [float(s) for s in search.cv_results_["mean_test_score"]]}
+
+
+# -- the workload -----------------------------------------------------------------------
+
+
+def run(cfg: Config) -> dict:
     sizes = [3] if cfg.smoke else [50, 200]
     names = cfg.peers()
     metrics = [
@@ -53,44 +78,34 @@ def run(cfg: Config) -> dict:
         Metric("pct_ideal", "% of ideal", "%", "higher", 0),
         Metric("ideal", "ideal", "s", None, 2),
     ]
-    tables, scores = [], {}
-    backends = shared_backends(names)
-    for b in backends.running.values() if not cfg.smoke else []:  # warm-up: children import sklearn
-        with b.context():
-            example.make_search(1, n_jobs=2).fit(X, y)
+    runners = shared_runners(names)
+    for warm in runners.runs(fit_search, 1, cfg.smoke).values() if not cfg.smoke else []:
+        warm()  # warm-up: children import sklearn
+    tables = []
     for n_iter in sizes:
         subset = " on 600 of the 1797 digits" if cfg.smoke else ""
-        table = Table(f"n_iter={n_iter} (cv=3: {3 * n_iter} fits{subset})", metrics,
-                      [Row(n, ours=(n == "stockade")) for n in names], reference="stockade")
-        for r in table.rows:
-            r.error = backends.errors.get(r.label)
+        table = Table(f"n_iter={n_iter} (cv=3: {3 * n_iter} fits{subset})", metrics, runners.rows(names),
+                      reference="stockade")
+        scores = {}
 
-        def measure(b, n_iter=n_iter):
-            def go():
-                search = example.make_search(n_iter, n_jobs=2)
-                with b.context():
-                    t = time.perf_counter()
-                    search.fit(X, y)
-                    wall = time.perf_counter() - t
-                scores.setdefault(n_iter, {})[b.name] = np.asarray(search.cv_results_["mean_test_score"])
-                ideal = ideal_seconds(search)
-                return {"wall": wall, "pct_ideal": 100 * ideal / wall, "ideal": ideal}
+        def measure(name, search):
+            out = search()
+            scores[name] = out.pop("scores")
+            return out
 
-            return go
-
-        interleave(cfg.reps, table, {n: measure(b) for n, b in backends.running.items()}, log)
-        got = scores.get(n_iter, {})
-        if len(got) > 1:
-            first = next(iter(got.values()))
-            same = [n for n, s in got.items() if np.allclose(s, first)]
+        runs = runners.runs(fit_search, n_iter, cfg.smoke)
+        interleave(cfg.reps, table, {n: functools.partial(measure, n, r) for n, r in runs.items()}, log)
+        if len(scores) > 1:
+            first = next(iter(scores.values()))
+            same = [n for n, s in scores.items() if np.allclose(s, first)]
             table.notes.append(
                 "Same mean test scores on every backend: "
-                + ("yes." if len(same) == len(got) else f"NO (agree with the first: {', '.join(same)}).")
+                + ("yes." if len(same) == len(scores) else f"NO (agree with the first: {', '.join(same)}).")
             )
         tables.append(table)
     return {"title": TITLE, "tables": tables, "notes": [
         "ideal = sum over candidates of n_splits x (mean_fit_time + mean_score_time) / 2 + refit_time_, "
         "from each run's own cv_results_ (so it follows the machine's speed during that run); "
         "% of ideal = ideal / wall time. The refit on the whole data runs in the caller, after the search.",
-        "Same backends as workloads 1-2, side by side in one process; RandomizedSearchCV(n_jobs=2).",
+        "Same backends as workloads 1-2, each in its own process, started once; RandomizedSearchCV(n_jobs=2).",
     ]}
