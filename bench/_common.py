@@ -77,6 +77,31 @@ def speed_probe() -> float:
     return (time.perf_counter() - t) * 1e3
 
 
+def _busy_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already in user
+    return total - idle, total
+
+
+def settle(max_wait: float = 10.0, window: float = 0.25, busy_cores: float = 0.3) -> float:
+    """Waits (at most `max_wait` s) until the machine is quiet: under `busy_cores` cores
+    busy over a `window`. A backend's processes keep working for a while after its run
+    (Ray's took about a fifth of the next run's throughput), which would otherwise fall
+    on whichever backend comes next. Returns the seconds waited."""
+    start = time.monotonic()
+    cores = os.cpu_count() or 1
+    while time.monotonic() - start < max_wait:
+        b0, t0 = _busy_jiffies()
+        time.sleep(window)
+        b1, t1 = _busy_jiffies()
+        if t1 > t0 and (b1 - b0) / (t1 - t0) * cores < busy_cores:
+            break
+    return time.monotonic() - start
+
+
 def machine() -> dict:
     """What the figures were measured on."""
     import platform
@@ -176,7 +201,8 @@ def short_error(e: BaseException) -> str:
 
 
 def interleave(reps: int, table: Table, runs: dict[str, Callable[[], dict]], log=print) -> None:
-    """Runs every row's measurement once per repetition, rows interleaved (A B C A B C).
+    """Runs every row's measurement once per repetition, rows interleaved and rotated
+    (A B C, B C A, C A B), each once the machine is quiet (`settle`).
 
     A run returns {metric key: value} and may add "probe_ms" (its own speed probe, taken
     next to its measurement); otherwise a probe is taken just before it. A row that raises
@@ -184,10 +210,13 @@ def interleave(reps: int, table: Table, runs: dict[str, Callable[[], dict]], log
     means the build or the machine cannot take this measurement ("not available: ...");
     any other exception is a failure ("failed: ...", and the suite exits non-zero).
     """
+    n = len(table.rows)
     for rep in range(reps):
-        for row in table.rows:
+        # Each repetition starts one row later, so that no row always follows the same one.
+        for row in table.rows[rep % n:] + table.rows[:rep % n]:
             if row.error is not None or row.label not in runs:
                 continue
+            settle()
             probe = speed_probe()
             try:
                 values = runs[row.label]()

@@ -142,7 +142,8 @@ def render_md(data: dict, order: list[str], png_name: str | None) -> str:
            "Written by `just bench` (bench/suite.py); raw samples in results.json beside this file. "
            "Stockade runs as two workers of one slot each; loky, dask.distributed "
            "(LocalCluster, 2 processes x 1 thread) and Ray (num_cpus=2) run with n_jobs=2. Repetitions are "
-           "interleaved (A B C D A B C D) because this machine's speed drifts; the pure-Python speed probe "
+           "interleaved and rotated (A B C D, B C D A, ...), each started once the machine is quiet, because "
+           "this machine's speed drifts; the pure-Python speed probe "
            "(a fixed 200 000-iteration loop, in ms: higher means a slower moment) is recorded beside every "
            "figure. Figures are medians [min – max] over the repetitions. Compare ratios, not absolute times.",
            "", RATIO_TEXT, ""]
