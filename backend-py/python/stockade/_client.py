@@ -116,9 +116,7 @@ class TaskFuture(Future):
                 if got is False:
                     break  # the dispatcher thread completes this future
                 if got is not None:
-                    with client._lock:
-                        client._futures.pop(self.stockade_id, None)
-                    client._complete(self, *got[1:])
+                    client._deliver(*got)
         finally:
             self._claimed = False
         return None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -277,19 +275,20 @@ class Client:
 
     def _dispatch(self) -> None:
         while not self._closed.is_set() or self._futures:
-            for task_id, status, kind, message, data in self._native.wait_completions(0.2):
-                with self._lock:
-                    future = self._futures.pop(task_id, None)
-                if future is not None:
-                    self._complete(future, status, kind, message, data)
-            # Keep no finished future (and what its callbacks reference, e.g. a joblib
-            # backend whose end releases pins) alive until the next completion.
-            future = data = None
+            for completion in self._native.wait_completions(0.2):
+                self._deliver(*completion)
+            # Keep no finished task's data alive until the next completion.
+            completion = None
             if self._closed.is_set() and self._native.pending() == 0:
                 break
 
-    def _complete(self, future: TaskFuture, status: int, kind: str, message: str, data: bytes) -> None:
-        """Sets a task's result or exception from its completion."""
+    def _deliver(self, task_id: int, status: int, kind: str, message: str, data: bytes) -> None:
+        """Sets the result or exception of task ``task_id``'s future from its completion
+        (by whichever thread took the completion: the dispatcher or a waiting caller)."""
+        with self._lock:
+            future = self._futures.pop(task_id, None)
+        if future is None:
+            return
         future._client = None
         if future.done():
             return
