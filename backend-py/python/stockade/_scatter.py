@@ -113,8 +113,6 @@ class ObjectSession:
         #: Types of the objects pinned by identity (kept until release): the pickler
         #: looks up only objects of these types, and numpy arrays.
         self.types: set[type] = set()
-        #: Whether one of them is a type the pickler saves without ``reducer_override``.
-        self.saved_directly = False
         # Arrays sent inline once, by identity; a second use pins them.
         self._seen: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
@@ -134,7 +132,6 @@ class ObjectSession:
                 return self._by_id[id(obj)][1]
             self._by_id[id(obj)] = (obj, ref)
             self.types.add(type(obj))
-            self.saved_directly = self.saved_directly or type(obj) in _SAVED_DIRECTLY
         return ref
 
     def lookup(self, obj: Any) -> Pinned | None:
@@ -157,8 +154,10 @@ class ObjectSession:
     def dumps(self, obj: Any) -> tuple[bytes, list[bytes]]:
         """Pickles ``obj`` (cloudpickle) with pinned objects replaced by their keys;
         returns the pickle and the keys it needs."""
+        with self._lock:
+            saved_directly = not self.types.isdisjoint(_SAVED_DIRECTLY)
         f = io.BytesIO()
-        pickler = (_PersistentPickler if self.saved_directly else _Pickler)(f, self)
+        pickler = (_PersistentPickler if saved_directly else _Pickler)(f, self)
         pickler.dump(obj)
         return f.getvalue(), list(pickler.needs)
 
@@ -178,7 +177,6 @@ class ObjectSession:
             keys = [ref.key for _, ref in self._by_id.values()]
             self._by_id.clear()
             self.types.clear()
-            self.saved_directly = False
             self._seen.clear()
         if keys:
             self._client._unpin(keys)
