@@ -1,6 +1,7 @@
 //! `stockade._native`: the Rust client exposed to Python.
 //!
-//! One tokio runtime per process runs the QUIC connection; Python threads never run on
+//! One tokio runtime per process runs the QUIC connection (and, for `LocalCluster`, the
+//! scheduler itself: [`NativeScheduler`]); Python threads never run on
 //! it, and every blocking call releases the GIL (`Python::detach`). Completions are not
 //! delivered by calling into Python from the runtime: they queue here, and the Python
 //! package's dispatcher thread collects them with [`NativeClient::wait_completions`].
@@ -15,6 +16,7 @@ use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyTimeoutError, PyValu
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use stockade::cli::EmbeddedScheduler;
 use stockade::client::{Client, ClientError, ClientOptions, Completion, NewTask, PreparedObject};
 use stockade::net::Target;
 use stockade::proto::{ErrorKind, ObjectKey, ObjectKind, Outcome, TaskKind, WasmCall};
@@ -442,6 +444,62 @@ impl NativeClient {
     }
 }
 
+/// A scheduler running in this process, on its I/O runtime (what `LocalCluster` starts).
+/// Clients of this process that connect to its address reach it without the network.
+#[pyclass(frozen, module = "stockade._native", name = "Scheduler")]
+struct NativeScheduler {
+    inner: Mutex<Option<EmbeddedScheduler>>,
+    /// The process it runs in: a forked child has the object but not the scheduler.
+    pid: u32,
+    address: String,
+    scheduler_file: PathBuf,
+}
+
+#[pymethods]
+impl NativeScheduler {
+    /// Starts a scheduler from the options of `stockade scheduler`.
+    #[new]
+    fn new(py: Python<'_>, args: Vec<String>) -> PyResult<Self> {
+        let rt = runtime()?;
+        let started = py.detach(|| {
+            let _entered = rt.enter();
+            EmbeddedScheduler::start(&args)
+        });
+        let scheduler = started.map_err(|e| PyRuntimeError::new_err(format!("cannot start the scheduler: {e:#}")))?;
+        Ok(Self {
+            address: scheduler.address().to_string(),
+            scheduler_file: scheduler.scheduler_file().to_path_buf(),
+            inner: Mutex::new(Some(scheduler)),
+            pid: std::process::id(),
+        })
+    }
+
+    /// `HOST:PORT` it listens on.
+    #[getter]
+    fn address(&self) -> String {
+        self.address.clone()
+    }
+
+    /// The scheduler file it wrote (address, certificate fingerprint, token).
+    #[getter]
+    fn scheduler_file(&self) -> String {
+        self.scheduler_file.to_string_lossy().into_owned()
+    }
+
+    /// Stops it (idempotent): its connections are closed, its scheduler files removed.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let rt = runtime()?;
+        let taken = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        match taken {
+            Some(mut scheduler) if self.pid == std::process::id() => py.detach(|| rt.block_on(scheduler.stop())),
+            // Its tasks live in the parent's runtime, which this process does not run.
+            Some(inherited) => std::mem::forget(inherited),
+            None => {}
+        }
+        Ok(())
+    }
+}
+
 /// Runs the `stockade` command line with `argv` (program name first); returns the exit
 /// status. This is the Python package's console entry point.
 #[pyfunction]
@@ -458,6 +516,7 @@ fn cli_main(py: Python<'_>, argv: Vec<String>) -> i32 {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeClient>()?;
+    m.add_class::<NativeScheduler>()?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     Ok(())
 }

@@ -240,14 +240,10 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let cli = Cli::parse_from(args);
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    log_to_stderr(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    );
     // One thread: scheduler and worker work is many tiny steps, and cross-thread
     // wake-ups cost more than they buy (measured: about 2x throughput on 2 cores).
     // Executors that need threads (CPython children, wasmtime) bring their own.
@@ -278,6 +274,15 @@ where
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Sends this process's logs to stderr (unless something else already took them).
+fn log_to_stderr(filter: tracing_subscriber::EnvFilter) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }
 
 /// The environment variable naming a lifeline: the read end of a pipe whose write end
@@ -336,64 +341,145 @@ async fn lifeline_ended() {
     }
 }
 
-async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
-    let listen: SocketAddr = net::endpoint::resolve(&format!("{}:{}", args.host, args.port))?;
-    let tenants = match (&args.config, &args.token, args.no_token) {
-        (Some(path), _, _) => Tenants::from_config(path)?,
-        (None, _, true) => {
-            if !scheduler::is_loopback(&listen) {
-                bail!("--no-token is only allowed on a loopback address, not {listen}; hint: drop --no-token and give clients the scheduler file");
+/// A scheduler set up from its arguments: bound, scheduler files written, not serving yet.
+struct Prepared {
+    endpoint: quinn::Endpoint,
+    options: SchedulerOptions,
+    address: SocketAddr,
+    /// The scheduler files it wrote, removed when it stops.
+    files: Vec<PathBuf>,
+    /// The ready line's scheduler file.
+    scheduler_file: PathBuf,
+    fingerprint: String,
+}
+
+impl Prepared {
+    fn new(args: SchedulerArgs) -> anyhow::Result<Self> {
+        let listen: SocketAddr = net::endpoint::resolve(&format!("{}:{}", args.host, args.port))?;
+        let tenants = match (&args.config, &args.token, args.no_token) {
+            (Some(path), _, _) => Tenants::from_config(path)?,
+            (None, _, true) => {
+                if !scheduler::is_loopback(&listen) {
+                    bail!("--no-token is only allowed on a loopback address, not {listen}; hint: drop --no-token and give clients the scheduler file");
+                }
+                tracing::warn!("running WITHOUT tokens: anyone on this machine can connect (loopback only)");
+                Tenants::open()
             }
-            tracing::warn!("running WITHOUT tokens: anyone on this machine can connect (loopback only)");
-            Tenants::open()
+            (None, Some(token), false) => Tenants::single(token.clone()),
+            (None, None, false) => Tenants::generated(),
+        };
+        let identity = match (&args.cert, &args.key) {
+            (Some(cert), Some(key)) => Identity::from_pem_files(cert, key)?,
+            _ => Identity::self_signed(std::slice::from_ref(&args.host))?,
+        };
+        let endpoint = net::server_endpoint(listen, &identity)?;
+        let address = endpoint.local_addr().context("reading the bound address")?;
+        let file = SchedulerFile {
+            address: address.to_string(),
+            fingerprint: identity.fingerprint(),
+            token: tenants.default_token().unwrap_or_default().to_string(),
+            pid: std::process::id(),
+        };
+        let mut files = vec![SchedulerFile::default_path(address.port())];
+        files.extend(args.scheduler_file.clone());
+        for path in &files {
+            file.write(path)?;
         }
-        (None, Some(token), false) => Tenants::single(token.clone()),
-        (None, None, false) => Tenants::generated(),
-    };
-    let identity = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => Identity::from_pem_files(cert, key)?,
-        _ => Identity::self_signed(std::slice::from_ref(&args.host))?,
-    };
-    let endpoint = net::server_endpoint(listen, &identity)?;
-    let local = endpoint.local_addr().context("reading the bound address")?;
-    let file = SchedulerFile {
-        address: local.to_string(),
-        fingerprint: identity.fingerprint(),
-        token: tenants.default_token().unwrap_or_default().to_string(),
-        pid: std::process::id(),
-    };
-    let default_path = SchedulerFile::default_path(local.port());
-    file.write(&default_path)?;
-    if let Some(path) = &args.scheduler_file {
-        file.write(path)?;
+        let options = SchedulerOptions {
+            tenants,
+            core: SchedulerConfig {
+                allowed_failures: args.allowed_failures.max(1),
+                heartbeat_timeout: Duration::from_millis(args.heartbeat_timeout_ms),
+                ..SchedulerConfig::default()
+            },
+            heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.max(10)),
+            store: Store::open(args.store.store_dir)
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot open the object store"))
+                .ok(),
+            ..SchedulerOptions::default()
+        };
+        let scheduler_file = files.last().cloned().unwrap_or_default();
+        Ok(Self { endpoint, options, address, files, scheduler_file, fingerprint: file.fingerprint })
     }
+
+    /// Serves until `shutdown`, then removes the scheduler files.
+    async fn serve(self, scheduler: scheduler::Scheduler, shutdown: impl std::future::Future<Output = ()>) {
+        tracing::info!(address = %self.address, "scheduler listening");
+        scheduler.serve(shutdown).await;
+        for path in &self.files {
+            SchedulerFile::remove_if_ours(path);
+        }
+    }
+}
+
+async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
+    let mut prepared = Prepared::new(args)?;
     let ready = serde_json::json!({
         "event": "ready",
-        "address": local.to_string(),
-        "fingerprint": file.fingerprint,
-        "scheduler_file": args.scheduler_file.as_ref().unwrap_or(&default_path),
+        "address": prepared.address.to_string(),
+        "fingerprint": prepared.fingerprint,
+        "scheduler_file": prepared.scheduler_file,
     });
     println!("{ready}");
-    tracing::info!(address = %local, "scheduler listening");
-    let options = SchedulerOptions {
-        tenants,
-        core: SchedulerConfig {
-            allowed_failures: args.allowed_failures.max(1),
-            heartbeat_timeout: Duration::from_millis(args.heartbeat_timeout_ms),
-            ..SchedulerConfig::default()
-        },
-        heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.max(10)),
-        store: Store::open(args.store.store_dir)
-            .inspect_err(|e| tracing::warn!(error = %e, "cannot open the object store"))
-            .ok(),
-        ..SchedulerOptions::default()
-    };
-    scheduler::run(endpoint, options, shutdown_signal()).await;
-    SchedulerFile::remove_if_ours(&default_path);
-    if let Some(path) = &args.scheduler_file {
-        SchedulerFile::remove_if_ours(path);
-    }
+    let scheduler = scheduler::Scheduler::start(prepared.endpoint.clone(), std::mem::take(&mut prepared.options));
+    prepared.serve(scheduler, shutdown_signal()).await;
     Ok(())
+}
+
+/// A scheduler running inside this process (`stockade.LocalCluster` starts one in the
+/// Python process, as dask's `LocalCluster` does): clients of this process reach it
+/// through its door ([`scheduler::local`]), workers and other processes over QUIC.
+pub struct EmbeddedScheduler {
+    address: SocketAddr,
+    scheduler_file: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl EmbeddedScheduler {
+    /// Starts a scheduler on the current tokio runtime from the options of
+    /// `stockade scheduler` (for example `["--port", "0"]`). Its log goes to stderr when
+    /// `STOCKADE_LOG` is set (a filter such as `info` or `stockade=debug`).
+    pub fn start(args: &[String]) -> anyhow::Result<Self> {
+        if let Ok(filter) = std::env::var("STOCKADE_LOG") {
+            log_to_stderr(tracing_subscriber::EnvFilter::new(filter));
+        }
+        #[derive(Parser)]
+        struct Embedded {
+            #[command(flatten)]
+            args: SchedulerArgs,
+        }
+        let argv = std::iter::once("scheduler".to_string()).chain(args.iter().cloned());
+        let parsed = Embedded::try_parse_from(argv).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut prepared = Prepared::new(parsed.args)?;
+        let mut scheduler =
+            scheduler::Scheduler::start(prepared.endpoint.clone(), std::mem::take(&mut prepared.options));
+        scheduler.open_door().context("opening the in-process door")?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (address, scheduler_file) = (prepared.address, prepared.scheduler_file.clone());
+        let done = tokio::spawn(prepared.serve(scheduler, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self { address, scheduler_file, stop: Some(stop), done })
+    }
+
+    /// Where it listens.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The scheduler file workers connect with.
+    pub fn scheduler_file(&self) -> &std::path::Path {
+        &self.scheduler_file
+    }
+
+    /// Stops it: connections are closed, the scheduler files removed.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(3), &mut self.done).await;
+    }
 }
 
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {

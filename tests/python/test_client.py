@@ -267,3 +267,26 @@ def test_a_signal_interrupts_a_thread_blocked_in_result(idle_client, tmp_path):
 def test_a_raising_task_seen_through_exception_in_the_waiting_thread(idle_client):
     error = idle_client.submit(divide, 1, 0).exception(RESULT_TIMEOUT)
     assert isinstance(error, ZeroDivisionError)
+
+
+OTHER_PROCESS_CLIENT = """
+import sys, stockade
+with stockade.Client(scheduler_file=sys.argv[1], timeout=10) as client:
+    print(client.submit(sum, [20, 22]).result(60), len(client.scheduler_info()["sessions"]))
+"""
+
+
+def test_the_scheduler_of_a_local_cluster_runs_in_this_process_and_serves_others_too(cluster, idle_client):
+    import subprocess
+    import sys
+
+    # In this process: the cluster's clients reach it without the network.
+    assert cluster.scheduler.pid == os.getpid()
+    assert idle_client.submit(add, 1, 2).result(RESULT_TIMEOUT) == 3
+    # Another process connects over QUIC to the same scheduler, alongside this client.
+    out = subprocess.run([sys.executable, "-c", OTHER_PROCESS_CLIENT, cluster.scheduler_file],
+                         capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr
+    result, sessions = out.stdout.split()
+    assert result == "42"
+    assert int(sessions) >= 2, out.stdout

@@ -70,8 +70,32 @@ class _Process:
         self._log.close()
 
 
+class _InProcessScheduler:
+    """The cluster's scheduler, running on this process's Stockade I/O runtime."""
+
+    name = "scheduler"
+
+    def __init__(self, args: list[str]):
+        from . import _native
+
+        self._native = _native.Scheduler(args)
+        self.address = self._native.address
+        self.pid = os.getpid()
+
+    def log(self) -> str:
+        return "(runs in this process; set STOCKADE_LOG=debug to see its log on stderr)"
+
+    def stop(self) -> None:
+        self._native.close()
+
+
 class LocalCluster:
     """A scheduler and ``n_workers`` workers of ``slots_per_worker`` slots on 127.0.0.1.
+
+    The scheduler runs inside this process, as dask's ``LocalCluster`` runs its
+    scheduler: clients of this process reach it without the network, which saves a
+    QUIC hop each way on every task. Workers are separate processes, and so are the
+    Python processes that run the tasks.
 
     Workers run Python tasks with this interpreter, in this working directory, with this
     ``sys.path``, so functions defined in the caller's modules are found. Everything is
@@ -106,15 +130,10 @@ class LocalCluster:
         self._lifeline, self._lifeline_holder = os.pipe()
         atexit.register(self.close)
         try:
-            self.scheduler = _Process(
-                "scheduler",
-                ["scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file", self.scheduler_file,
-                 *self._store_args("scheduler"), *scheduler_args],
-                self._env,
-                self._dir,
-                self._lifeline,
-            )
-            self.address = self.scheduler.ready(timeout)["address"]
+            self.scheduler = _InProcessScheduler(
+                ["--host", "127.0.0.1", "--port", "0", "--scheduler-file", self.scheduler_file,
+                 *self._store_args("scheduler"), *scheduler_args])
+            self.address = self.scheduler.address
             for _ in range(self.n_workers):
                 self._start_worker()
             for w in self.workers:

@@ -68,5 +68,23 @@ class Client:
     def close(self) -> None:
         """Closes the connection; unfinished tasks complete with kind "Closed"."""
 
+class Scheduler:
+    """A scheduler running in this process (``LocalCluster`` starts one). Clients of this
+    process that connect to its address reach it without the network."""
+
+    def __init__(self, args: list[str]) -> None:
+        """Starts it from the options of ``stockade scheduler`` (e.g. ``["--port", "0"]``)."""
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT`` it listens on."""
+
+    @property
+    def scheduler_file(self) -> str:
+        """The scheduler file it wrote (address, certificate fingerprint, token)."""
+
+    def close(self) -> None:
+        """Stops it (idempotent); its connections are closed, its scheduler files removed."""
+
 def cli_main(argv: list[str]) -> int:
     """Runs the ``stockade`` command line (program name first); returns the exit status."""

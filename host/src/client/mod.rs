@@ -23,8 +23,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::net::{dial, DialError, Target};
 use crate::proto::{
     ClientHello, CloseCode, ErrorKind, FrameError, FromClient, ObjectKey, ObjectKind, Outcome, Peer, PinOutcome,
-    PinReply, SchedulerInfo, StoreInfo, TaskId, TaskKind, TaskSpec, ToClient,
+    PinReply, SchedulerInfo, StoreInfo, TaskId, TaskKind, TaskSpec, ToClient, Welcome,
 };
+use crate::scheduler::local;
 use crate::store::{stream, ObjectWriter, Pinned, Store};
 
 /// Errors of the client API.
@@ -116,6 +117,45 @@ struct Shared {
 }
 
 impl Shared {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            pending: Mutex::new(HashMap::new()),
+            info_waiters: Mutex::new(HashMap::new()),
+            pin_waiters: Mutex::new(HashMap::new()),
+            dead: Mutex::new(None),
+        })
+    }
+
+    /// Hands one message of the scheduler to whoever waits for it.
+    fn deliver(&self, msg: ToClient) {
+        match msg {
+            ToClient::Results(results) => {
+                let completions: Vec<(TaskId, Completion, Outcome)> = match self.pending.lock() {
+                    Ok(mut pending) => results
+                        .into_iter()
+                        .filter_map(|r| pending.remove(&r.id).map(|c| (r.id, c, r.outcome)))
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+                for (id, completion, outcome) in completions {
+                    completion(id, Ok(outcome));
+                }
+            }
+            ToClient::Info(request, info) => {
+                let waiter = self.info_waiters.lock().ok().and_then(|mut w| w.remove(&request));
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(info);
+                }
+            }
+            ToClient::Pinned(PinReply { key, outcome }) => {
+                let waiters = self.pin_waiters.lock().ok().and_then(|mut w| w.remove(&key));
+                for waiter in waiters.unwrap_or_default() {
+                    let _ = waiter.send(outcome.clone());
+                }
+            }
+        }
+    }
+
     fn fail_all(&self, error: ClientError) {
         let pending: Vec<(TaskId, Completion)> = match self.pending.lock() {
             Ok(mut p) => p.drain().collect(),
@@ -136,14 +176,23 @@ impl Shared {
     }
 }
 
+/// What carries a client's messages.
+#[derive(Clone)]
+enum Link {
+    /// A QUIC connection.
+    Quic { conn: quinn::Connection, endpoint: quinn::Endpoint },
+    /// Channels to a scheduler in this process ([`crate::scheduler::local`]); the
+    /// sender ends the session.
+    Local(Arc<Mutex<Option<oneshot::Sender<()>>>>),
+}
+
 /// A connected client. Cheap to clone; the connection closes when the last clone is
 /// dropped or [`Client::close`] is called.
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<FromClient>,
-    conn: quinn::Connection,
-    endpoint: quinn::Endpoint,
+    link: Link,
     next_id: Arc<AtomicU64>,
     tenant: Arc<str>,
     session: u64,
@@ -152,17 +201,16 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects and authenticates.
+    /// Connects and authenticates. A scheduler that runs in this process and opened its
+    /// door ([`crate::scheduler::Scheduler::open_door`]) is reached through channels.
     pub async fn connect(options: ClientOptions) -> Result<Self, ClientError> {
+        if let Some(door) = local::door(options.target.addr) {
+            return Self::connect_local(&door, options);
+        }
         let connected =
             dial(&options.target, Peer::Client(ClientHello { name: options.name.clone() }), options.connect_timeout)
                 .await?;
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(HashMap::new()),
-            info_waiters: Mutex::new(HashMap::new()),
-            pin_waiters: Mutex::new(HashMap::new()),
-            dead: Mutex::new(None),
-        });
+        let shared = Shared::new();
         let (tx, mut rx) = mpsc::unbounded_channel::<FromClient>();
         let mut writer = connected.writer;
         let mut reader = connected.reader;
@@ -201,32 +249,7 @@ impl Client {
         tokio::spawn(async move {
             let end: Result<(), FrameError> = async {
                 while let Some(msg) = reader.next::<ToClient>().await? {
-                    match msg {
-                        ToClient::Results(results) => {
-                            let completions: Vec<(TaskId, Completion, Outcome)> = match reader_shared.pending.lock() {
-                                Ok(mut pending) => results
-                                    .into_iter()
-                                    .filter_map(|r| pending.remove(&r.id).map(|c| (r.id, c, r.outcome)))
-                                    .collect(),
-                                Err(_) => Vec::new(),
-                            };
-                            for (id, completion, outcome) in completions {
-                                completion(id, Ok(outcome));
-                            }
-                        }
-                        ToClient::Info(request, info) => {
-                            let waiter = reader_shared.info_waiters.lock().ok().and_then(|mut w| w.remove(&request));
-                            if let Some(waiter) = waiter {
-                                let _ = waiter.send(info);
-                            }
-                        }
-                        ToClient::Pinned(PinReply { key, outcome }) => {
-                            let waiters = reader_shared.pin_waiters.lock().ok().and_then(|mut w| w.remove(&key));
-                            for waiter in waiters.unwrap_or_default() {
-                                let _ = waiter.send(outcome.clone());
-                            }
-                        }
-                    }
+                    reader_shared.deliver(msg);
                 }
                 Ok(())
             }
@@ -248,22 +271,54 @@ impl Client {
             reader_shared.fail_all(reason);
         });
 
-        Ok(Self {
+        Ok(Self::new(shared, tx, Link::Quic { conn, endpoint: connected.endpoint }, connected.welcome, &options))
+    }
+
+    /// Joins the scheduler of this process through its door.
+    fn connect_local(door: &local::LocalDoor, options: ClientOptions) -> Result<Self, ClientError> {
+        let link = door.connect_client(&options.target.token, options.name.clone()).map_err(|e| {
+            ClientError::Connect(format!("the scheduler at {} refused this client: {e}", options.target.display))
+        })?;
+        let shared = Shared::new();
+        let reader_shared = shared.clone();
+        let mut rx = link.rx;
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                reader_shared.deliver(msg);
+            }
+            reader_shared.fail_all(ClientError::ConnectionLost("the scheduler in this process stopped".into()));
+        });
+        let leave = Link::Local(Arc::new(Mutex::new(Some(link.leave))));
+        Ok(Self::new(shared, link.tx, leave, link.welcome, &options))
+    }
+
+    fn new(
+        shared: Arc<Shared>,
+        tx: mpsc::UnboundedSender<FromClient>,
+        link: Link,
+        welcome: Welcome,
+        options: &ClientOptions,
+    ) -> Self {
+        Self {
             shared,
             tx,
-            conn,
-            endpoint: connected.endpoint,
+            link,
             next_id: Arc::new(AtomicU64::new(1)),
-            tenant: Arc::from(connected.welcome.tenant.as_str()),
-            session: connected.welcome.id,
-            scheduler_store: connected.welcome.store,
+            tenant: Arc::from(welcome.tenant.as_str()),
+            session: welcome.id,
+            scheduler_store: welcome.store,
             share_store: options.share_store,
-        })
+        }
     }
 
     /// The tenant this client's token belongs to.
     pub fn tenant(&self) -> &str {
         &self.tenant
+    }
+
+    /// Whether it reaches a scheduler of this process through channels rather than QUIC.
+    pub fn is_local(&self) -> bool {
+        matches!(self.link, Link::Local(_))
     }
 
     /// This client's session id on the scheduler.
@@ -395,12 +450,21 @@ impl Client {
         let (tx, rx) = oneshot::channel();
         self.shared.pin_waiters.lock().map_err(|_| ClientError::Closed)?.entry(header.key).or_default().push(tx);
         let answer = async {
-            if object.local {
-                self.tx.send(FromClient::Pin(header.clone())).map_err(|_| ClientError::Closed)?;
-            } else {
-                stream::send(&self.conn, &header, object.pinned.bytes())
-                    .await
-                    .map_err(|e| ClientError::ConnectionLost(e.to_string()))?;
+            match &self.link {
+                _ if object.local => {
+                    self.tx.send(FromClient::Pin(header.clone())).map_err(|_| ClientError::Closed)?;
+                }
+                Link::Quic { conn, .. } => {
+                    stream::send(conn, &header, object.pinned.bytes())
+                        .await
+                        .map_err(|e| ClientError::ConnectionLost(e.to_string()))?;
+                }
+                Link::Local(_) => {
+                    return Err(ClientError::Pin {
+                        kind: ErrorKind::DataLost,
+                        message: "the scheduler in this process has no object store (its log says why)".into(),
+                    })
+                }
             }
             rx.await.map_err(|_| self.shared.dead.lock().ok().and_then(|d| d.clone()).unwrap_or(ClientError::Closed))
         };
@@ -424,9 +488,20 @@ impl Client {
     /// Closes the connection; unfinished tasks are cancelled on the scheduler and their
     /// completions get [`ClientError::Closed`].
     pub async fn close(&self) {
-        self.conn.close(CloseCode::Normal.code(), b"client closed");
-        self.shared.fail_all(ClientError::Closed);
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        match &self.link {
+            Link::Quic { conn, endpoint } => {
+                conn.close(CloseCode::Normal.code(), b"client closed");
+                self.shared.fail_all(ClientError::Closed);
+                let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+            }
+            Link::Local(leave) => {
+                // First, so that nothing the scheduler still sends completes a task.
+                self.shared.fail_all(ClientError::Closed);
+                if let Some(leave) = leave.lock().ok().and_then(|mut l| l.take()) {
+                    let _ = leave.send(());
+                }
+            }
+        }
     }
 }
 

@@ -15,6 +15,7 @@
 //! frame) has its connection closed with a code and a reason; everyone else is served
 //! on as before.
 
+pub mod local;
 pub mod state;
 
 use std::collections::HashMap;
@@ -89,62 +90,117 @@ struct WorkerOutbox {
 /// Runs the scheduler on `endpoint` until `shutdown` completes. Connections are closed
 /// with [`CloseCode::ShuttingDown`] on the way out.
 pub async fn run(endpoint: quinn::Endpoint, options: SchedulerOptions, shutdown: impl Future<Output = ()>) {
-    let (core_tx, core_rx) = mpsc::unbounded_channel();
-    if options.store.is_none() {
-        tracing::warn!("no object store: scatter is refused");
-    }
-    let received = Arc::new(AtomicU64::new(0));
-    let out = Outboxes {
-        clients: HashMap::new(),
-        workers: HashMap::new(),
-        objects: HashMap::new(),
-        core_tx: core_tx.clone(),
-        received: received.clone(),
-    };
-    let core = tokio::spawn(core_loop(SchedulerState::new(options.core.clone()), core_rx, out));
-    let ticker = {
-        let tx = core_tx.clone();
-        let every = options.heartbeat_interval;
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(every);
-            loop {
-                interval.tick().await;
-                if tx.send(CoreMsg::Event(Event::Tick { now: Instant::now() })).is_err() {
-                    break;
-                }
-            }
-        })
-    };
-    let ids = Arc::new(AtomicU64::new(1));
-    let options = Arc::new(options);
-    let accept = async {
-        while let Some(incoming) = endpoint.accept().await {
-            let remote = incoming.remote_address();
-            let id = ids.fetch_add(1, Ordering::Relaxed);
-            let core_tx = core_tx.clone();
-            let options = options.clone();
-            let received = received.clone();
-            tokio::spawn(
-                async move {
-                    match incoming.await {
-                        Ok(conn) => serve_connection(conn, id, options, core_tx, received).await,
-                        Err(e) => tracing::debug!(%remote, error = %e, "connection attempt failed"),
+    Scheduler::start(endpoint, options).serve(shutdown).await;
+}
+
+/// A scheduler whose core runs on the current tokio runtime: [`Scheduler::serve`]
+/// accepts connections, and [`Scheduler::open_door`] also lets clients of this process
+/// in without the network.
+pub struct Scheduler {
+    endpoint: quinn::Endpoint,
+    options: Arc<SchedulerOptions>,
+    core_tx: mpsc::UnboundedSender<CoreMsg>,
+    received: Arc<AtomicU64>,
+    ids: Arc<AtomicU64>,
+    core: tokio::task::JoinHandle<()>,
+    ticker: tokio::task::JoinHandle<()>,
+    door: Option<SocketAddr>,
+}
+
+impl Scheduler {
+    /// Starts the core and its ticker. Call it inside a tokio runtime.
+    pub fn start(endpoint: quinn::Endpoint, options: SchedulerOptions) -> Self {
+        let (core_tx, core_rx) = mpsc::unbounded_channel();
+        if options.store.is_none() {
+            tracing::warn!("no object store: scatter is refused");
+        }
+        let received = Arc::new(AtomicU64::new(0));
+        let out = Outboxes {
+            clients: HashMap::new(),
+            workers: HashMap::new(),
+            objects: HashMap::new(),
+            core_tx: core_tx.clone(),
+            received: received.clone(),
+        };
+        let core = tokio::spawn(core_loop(SchedulerState::new(options.core.clone()), core_rx, out));
+        let ticker = {
+            let tx = core_tx.clone();
+            let every = options.heartbeat_interval;
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(every);
+                loop {
+                    interval.tick().await;
+                    if tx.send(CoreMsg::Event(Event::Tick { now: Instant::now() })).is_err() {
+                        break;
                     }
                 }
-                .instrument(tracing::debug_span!("conn", id, %remote)),
-            );
+            })
+        };
+        Self {
+            endpoint,
+            options: Arc::new(options),
+            core_tx,
+            received,
+            ids: Arc::new(AtomicU64::new(1)),
+            core,
+            ticker,
+            door: None,
         }
-    };
-    tokio::select! {
-        _ = accept => {}
-        _ = shutdown => tracing::info!("shutting down"),
     }
-    endpoint.close(CloseCode::ShuttingDown.code(), b"scheduler is shutting down");
-    ticker.abort();
-    drop(core_tx);
-    core.abort();
-    // Let the close frames leave.
-    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Lets clients of this process that connect to [`Self::local_addr`] in through
+    /// channels instead of QUIC (see [`local`]); until [`Self::serve`] ends.
+    pub fn open_door(&mut self) -> std::io::Result<()> {
+        let addr = self.local_addr()?;
+        local::register(
+            addr,
+            local::LocalDoor { core_tx: self.core_tx.clone(), ids: self.ids.clone(), options: self.options.clone() },
+        );
+        self.door = Some(addr);
+        Ok(())
+    }
+
+    /// Accepts connections until `shutdown` completes, then closes every connection
+    /// with [`CloseCode::ShuttingDown`] and stops the core.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let Self { endpoint, options, core_tx, received, ids, core, ticker, door } = self;
+        let accept = async {
+            while let Some(incoming) = endpoint.accept().await {
+                let remote = incoming.remote_address();
+                let id = ids.fetch_add(1, Ordering::Relaxed);
+                let core_tx = core_tx.clone();
+                let options = options.clone();
+                let received = received.clone();
+                tokio::spawn(
+                    async move {
+                        match incoming.await {
+                            Ok(conn) => serve_connection(conn, id, options, core_tx, received).await,
+                            Err(e) => tracing::debug!(%remote, error = %e, "connection attempt failed"),
+                        }
+                    }
+                    .instrument(tracing::debug_span!("conn", id, %remote)),
+                );
+            }
+        };
+        tokio::select! {
+            _ = accept => {}
+            _ = shutdown => tracing::info!("shutting down"),
+        }
+        if let Some(addr) = door {
+            local::unregister(addr);
+        }
+        endpoint.close(CloseCode::ShuttingDown.code(), b"scheduler is shutting down");
+        ticker.abort();
+        drop(core_tx);
+        core.abort();
+        // Let the close frames leave.
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    }
 }
 
 /// Handshake, then the reader loop of one connection.
@@ -170,12 +226,7 @@ async fn serve_connection(
             return;
         }
     };
-    let welcome = Welcome {
-        tenant: tenant.to_string(),
-        id,
-        heartbeat_interval_ms: options.heartbeat_interval.as_millis() as u64,
-        store: options.store.as_ref().map(Store::info).unwrap_or_default(),
-    };
+    let welcome = welcome(&options, &tenant, id);
     let store = options.store.clone();
     match hello.peer {
         Peer::Client(ClientHello { name }) => {
@@ -217,6 +268,16 @@ async fn serve_connection(
             close_on_error(&conn, end);
             let _ = core_tx.send(CoreMsg::Event(Event::WorkerLeft { worker: id }));
         }
+    }
+}
+
+/// What a peer learns once admitted.
+fn welcome(options: &SchedulerOptions, tenant: &str, id: u64) -> Welcome {
+    Welcome {
+        tenant: tenant.to_string(),
+        id,
+        heartbeat_interval_ms: options.heartbeat_interval.as_millis() as u64,
+        store: options.store.as_ref().map(Store::info).unwrap_or_default(),
     }
 }
 
@@ -279,29 +340,33 @@ async fn client_reader(
     core_tx: &mpsc::UnboundedSender<CoreMsg>,
 ) -> Result<(), FrameError> {
     while let Some(msg) = reader.next::<FromClient>().await? {
-        let msg = match msg {
-            FromClient::Submit(tasks) => CoreMsg::Event(Event::Submit { session, tasks }),
-            FromClient::Cancel(ids) => CoreMsg::Event(Event::Cancel { session, ids }),
-            FromClient::CancelAll => CoreMsg::Event(Event::CancelAll { session }),
-            FromClient::QueryInfo(request) => CoreMsg::QueryInfo(session, request),
-            FromClient::Release(keys) => CoreMsg::Event(Event::Release { session, keys }),
-            FromClient::Pin(header) => {
-                let pinned = store.as_ref().ok_or_else(no_store).and_then(|s| {
-                    s.pin(tenant, &header).map_err(|e| {
-                        format!("{e}; hint: the client must write the object into the scheduler's store first")
-                    })
-                });
-                match pinned {
-                    Ok(pinned) => CoreMsg::ObjectArrived(session, Arc::new(pinned)),
-                    Err(message) => CoreMsg::PinFailed(session, pin_failed(header.key, ErrorKind::DataLost, message)),
-                }
-            }
-        };
-        if core_tx.send(msg).is_err() {
+        if core_tx.send(client_message(session, tenant, store, msg)).is_err() {
             break;
         }
     }
     Ok(())
+}
+
+/// What a client's message means to the core.
+fn client_message(session: SessionId, tenant: &str, store: &Option<Store>, msg: FromClient) -> CoreMsg {
+    match msg {
+        FromClient::Submit(tasks) => CoreMsg::Event(Event::Submit { session, tasks }),
+        FromClient::Cancel(ids) => CoreMsg::Event(Event::Cancel { session, ids }),
+        FromClient::CancelAll => CoreMsg::Event(Event::CancelAll { session }),
+        FromClient::QueryInfo(request) => CoreMsg::QueryInfo(session, request),
+        FromClient::Release(keys) => CoreMsg::Event(Event::Release { session, keys }),
+        FromClient::Pin(header) => {
+            let pinned = store.as_ref().ok_or_else(no_store).and_then(|s| {
+                s.pin(tenant, &header).map_err(|e| {
+                    format!("{e}; hint: the client must write the object into the scheduler's store first")
+                })
+            });
+            match pinned {
+                Ok(pinned) => CoreMsg::ObjectArrived(session, Arc::new(pinned)),
+                Err(message) => CoreMsg::PinFailed(session, pin_failed(header.key, ErrorKind::DataLost, message)),
+            }
+        }
+    }
 }
 
 async fn worker_reader(

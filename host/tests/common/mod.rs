@@ -88,6 +88,31 @@ fn spawn(dir: &Path, name: &str, args: &[String]) -> (Proc, serde_json::Value) {
     }
 }
 
+/// Starts a worker process `name` for the scheduler of `scheduler_file` and waits until
+/// it is registered.
+pub fn start_worker(dir: &Path, scheduler_file: &Path, name: &str, slots: u32, extra: &[String]) -> Proc {
+    let mut args: Vec<String> = vec![
+        "worker".into(),
+        "--scheduler-file".into(),
+        scheduler_file.display().to_string(),
+        "--slots".into(),
+        slots.to_string(),
+        "--name".into(),
+        name.to_string(),
+    ];
+    args.extend(extra.iter().cloned());
+    spawn(dir, name, &args).0
+}
+
+/// A fresh directory for one test's files.
+pub fn test_dir() -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("stockade-it-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
 impl Cluster {
     /// A scheduler (with extra arguments) and `workers` workers of `slots` slots.
     pub fn start(workers: usize, slots: u32, scheduler_args: &[&str]) -> Self {
@@ -108,10 +133,7 @@ impl Cluster {
         worker_args: &[&str],
         separate_stores: bool,
     ) -> Self {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("stockade-it-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = test_dir();
         let scheduler_file = dir.join("scheduler.json");
         let mut args: Vec<String> = vec!["scheduler".into(), "--port".into(), "0".into(), "--scheduler-file".into()];
         args.push(scheduler_file.display().to_string());
@@ -132,20 +154,11 @@ impl Cluster {
 
     pub fn add_worker(&mut self, slots: u32) -> &mut Proc {
         let name = format!("worker{}", self.workers.len() + 1);
-        let mut args: Vec<String> = vec![
-            "worker".into(),
-            "--scheduler-file".into(),
-            self.scheduler_file.display().to_string(),
-            "--slots".into(),
-            slots.to_string(),
-            "--name".into(),
-            name.clone(),
-        ];
-        args.extend(self.worker_args.iter().cloned());
+        let mut extra = self.worker_args.clone();
         if self.separate_stores {
-            args.extend(["--store-dir".to_string(), self.store_dir(&name).display().to_string()]);
+            extra.extend(["--store-dir".to_string(), self.store_dir(&name).display().to_string()]);
         }
-        let (proc, _) = spawn(&self.dir, &name, &args);
+        let proc = start_worker(&self.dir, &self.scheduler_file, &name, slots, &extra);
         self.workers.push(proc);
         self.workers.last_mut().expect("just pushed")
     }
