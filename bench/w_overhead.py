@@ -117,6 +117,7 @@ def run(cfg: Config) -> dict:
     return {"title": TITLE, "tables": [bs1, auto, lat, submit], "notes": [
         "Each backend runs in its own process, started once and driven in turn by the suite (in one shared "
         "process, dask's event-loop thread slowed the others): Stockade as stockade.LocalCluster(n_workers=2, "
-        "slots_per_worker=1) through one stockade.Client, loky with n_jobs=2, dask LocalCluster(n_workers=2, "
+        "slots_per_worker=1) (scheduler and workers in the runner's process, tasks in two Python child "
+        "processes) through one stockade.Client, loky with n_jobs=2, dask LocalCluster(n_workers=2, "
         "threads_per_worker=1, processes=True), Ray ray.init(num_cpus=2); every call with n_jobs=2.",
     ]}

@@ -16,7 +16,7 @@ use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyTimeoutError, PyValu
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use stockade::cli::EmbeddedScheduler;
+use stockade::cli::{EmbeddedScheduler, EmbeddedWorker};
 use stockade::client::{Client, ClientError, ClientOptions, Completion, NewTask, PreparedObject};
 use stockade::net::Target;
 use stockade::proto::{ErrorKind, ObjectKey, ObjectKind, Outcome, TaskKind, WasmCall};
@@ -500,6 +500,48 @@ impl NativeScheduler {
     }
 }
 
+/// A worker running in this process, on its I/O runtime (what `LocalCluster` starts
+/// unless asked for worker processes). Its CPython children are processes.
+#[pyclass(frozen, module = "stockade._native", name = "Worker")]
+struct NativeWorker {
+    inner: Mutex<Option<EmbeddedWorker>>,
+    id: u64,
+    pid: u32,
+}
+
+#[pymethods]
+impl NativeWorker {
+    /// Starts a worker from the options of `stockade worker` and waits until it is
+    /// registered; `child_env` is added to its Python children's environment.
+    #[new]
+    #[pyo3(signature = (args, child_env=Vec::new()))]
+    fn new(py: Python<'_>, args: Vec<String>, child_env: Vec<(String, String)>) -> PyResult<Self> {
+        let rt = runtime()?;
+        let started = py.detach(|| rt.block_on(EmbeddedWorker::start(&args, child_env)));
+        let worker = started.map_err(|e| PyRuntimeError::new_err(format!("cannot start the worker: {e:#}")))?;
+        Ok(Self { id: worker.id(), inner: Mutex::new(Some(worker)), pid: std::process::id() })
+    }
+
+    /// Its id on the scheduler.
+    #[getter]
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Stops it and its Python children (idempotent).
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let rt = runtime()?;
+        let taken = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        match taken {
+            Some(mut worker) if self.pid == std::process::id() => py.detach(|| rt.block_on(worker.stop())),
+            // Its tasks live in the parent's runtime, which this process does not run.
+            Some(inherited) => std::mem::forget(inherited),
+            None => {}
+        }
+        Ok(())
+    }
+}
+
 /// Runs the `stockade` command line with `argv` (program name first); returns the exit
 /// status. This is the Python package's console entry point.
 #[pyfunction]
@@ -517,6 +559,7 @@ fn cli_main(py: Python<'_>, argv: Vec<String>) -> i32 {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeClient>()?;
     m.add_class::<NativeScheduler>()?;
+    m.add_class::<NativeWorker>()?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     Ok(())
 }

@@ -444,14 +444,7 @@ impl EmbeddedScheduler {
         if let Ok(filter) = std::env::var("STOCKADE_LOG") {
             log_to_stderr(tracing_subscriber::EnvFilter::new(filter));
         }
-        #[derive(Parser)]
-        struct Embedded {
-            #[command(flatten)]
-            args: SchedulerArgs,
-        }
-        let argv = std::iter::once("scheduler".to_string()).chain(args.iter().cloned());
-        let parsed = Embedded::try_parse_from(argv).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut prepared = Prepared::new(parsed.args)?;
+        let mut prepared = Prepared::new(parse_options("scheduler", args)?)?;
         let mut scheduler =
             scheduler::Scheduler::start(prepared.endpoint.clone(), std::mem::take(&mut prepared.options));
         scheduler.open_door().context("opening the in-process door")?;
@@ -482,7 +475,8 @@ impl EmbeddedScheduler {
     }
 }
 
-async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+/// The worker `args` describe: its options, name and slots.
+fn worker_options(args: WorkerArgs, child_env: Vec<(String, String)>) -> anyhow::Result<(WorkerOptions, String, u32)> {
     let target = args.connect.target()?;
     let slots = args.slots.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1));
     let name = args.name.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
@@ -499,6 +493,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
                 max_child_memory: args.max_child_memory,
                 // The machine's cores shared among this worker's slots.
                 threads_per_child: Some(cores_per_slot(slots)),
+                child_env,
             }),
             wasm,
         }),
@@ -506,11 +501,81 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         store: Store::open(args.store.store_dir)?,
         memory_limit: args.memory_limit,
     };
+    Ok((options, name, slots))
+}
+
+async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let (options, name, slots) = worker_options(args, Vec::new())?;
     worker::run(options, shutdown_signal(), |id| {
         println!("{}", serde_json::json!({"event": "ready", "worker": id, "name": name, "slots": slots}));
     })
     .await?;
     Ok(())
+}
+
+/// Parses the options of subcommand `name` (without the program and subcommand names).
+fn parse_options<T: clap::Args + clap::FromArgMatches>(name: &'static str, args: &[String]) -> anyhow::Result<T> {
+    let command = T::augment_args(clap::Command::new(name).no_binary_name(true));
+    let matches = command.try_get_matches_from(args).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(T::from_arg_matches(&matches)?)
+}
+
+/// A worker running inside this process (`stockade.LocalCluster` starts its workers in
+/// the Python process by default); its CPython children are processes of their own.
+/// Next to a scheduler of this process it comes in through the scheduler's door.
+pub struct EmbeddedWorker {
+    id: u64,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<Result<(), worker::WorkerError>>,
+}
+
+impl EmbeddedWorker {
+    /// Starts a worker on the current tokio runtime from the options of
+    /// `stockade worker` and waits until it is registered. `child_env` is added to the
+    /// environment of its Python children.
+    pub async fn start(args: &[String], child_env: Vec<(String, String)>) -> anyhow::Result<Self> {
+        let (options, _, _) = worker_options(parse_options("worker", args)?, child_env)?;
+        let timeout = options.connect_timeout;
+        let (ready, registered) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut done = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            worker::run(options, shutdown, move |id| {
+                let _ = ready.send(id);
+            })
+            .await
+        });
+        let id = tokio::select! {
+            id = registered => id.ok(),
+            ended = &mut done => match ended {
+                Ok(Err(e)) => return Err(e.into()),
+                _ => None,
+            },
+            _ = tokio::time::sleep(timeout) => None,
+        };
+        match id {
+            Some(id) => Ok(Self { id, stop: Some(stop), done }),
+            None => {
+                done.abort();
+                bail!("the worker did not register within {timeout:?}")
+            }
+        }
+    }
+
+    /// Its id on the scheduler.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Stops it; its Python children are stopped with it.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(3), &mut self.done).await;
+    }
 }
 
 /// This machine's cores divided among `slots` slots, at least one each.

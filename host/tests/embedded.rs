@@ -1,6 +1,6 @@
 //! A scheduler embedded in this process (what `stockade.LocalCluster` runs in Python):
-//! its own process's clients come in through its door, workers and other processes
-//! over QUIC, and both see the same scheduler. Tests run on two runtime threads: one
+//! its own process's clients and workers come in through its door, other processes
+//! over QUIC, and all see the same scheduler. Tests run on two runtime threads: one
 //! serves the scheduler while the test waits for a worker process to register.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
@@ -10,7 +10,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::{bounded, start_worker, test_dir, Proc, WAIT};
-use stockade::cli::EmbeddedScheduler;
+use stockade::cli::{EmbeddedScheduler, EmbeddedWorker};
 use stockade::client::{Client, ClientError, ClientOptions};
 use stockade::net::Target;
 use stockade::proto::{Builtin, ErrorKind, Outcome, TaskKind};
@@ -130,4 +130,33 @@ async fn stopping_the_scheduler_fails_what_its_local_clients_wait_for() {
     // Its address no longer leads to a door: a new client tries the network and fails.
     later.connect_timeout = std::time::Duration::from_secs(2);
     assert!(Client::connect(later).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_of_the_schedulers_process_comes_in_through_the_door() {
+    let cluster = Embedded::start(0);
+    let file = cluster.scheduler.scheduler_file().to_str().expect("utf-8 path").to_string();
+    let args = ["--scheduler-file", &file, "--slots", "2", "--name", "inside"].map(String::from);
+    let mut worker = EmbeddedWorker::start(&args, Vec::new()).await.expect("the worker starts");
+    let client = cluster.client().await;
+    let tasks: Vec<_> = (0..500u32).map(|i| (TaskKind::Builtin(Builtin::Echo), i.to_le_bytes().to_vec())).collect();
+    for (i, handle) in client.submit_many(tasks).expect("submit").into_iter().enumerate() {
+        assert_eq!(bounded("a task", handle).await.expect("result"), Outcome::Ok((i as u32).to_le_bytes().to_vec()));
+    }
+    let info = client.scheduler_info(WAIT).await.expect("info");
+    let listed: Vec<_> = info.workers.iter().map(|w| (w.id, w.name.as_str(), w.address.as_str(), w.done)).collect();
+    assert_eq!(listed, [(worker.id(), "inside", "in-process", 500)]);
+    // A stopped worker leaves; work queued meanwhile waits for another worker.
+    bounded("the worker to stop", worker.stop()).await;
+    bounded("the worker to leave", async {
+        while !client.scheduler_info(WAIT).await.expect("info").workers.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let queued = client.submit(TaskKind::Builtin(Builtin::Echo), b"later".to_vec()).expect("submit");
+    let mut process = start_worker(&cluster.dir, cluster.scheduler.scheduler_file(), "outside", 1, &[]);
+    assert_eq!(bounded("the queued task", queued).await.expect("outcome"), Outcome::Ok(b"later".to_vec()));
+    client.close().await;
+    process.kill9();
 }

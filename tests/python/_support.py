@@ -49,11 +49,6 @@ def _stat_fields(pid: int) -> list[str]:
         return f.read().rsplit(")", 1)[1].split()
 
 
-def parent_pid_of(pid: int) -> int:
-    """The parent process id of ``pid`` (Linux /proc)."""
-    return int(_stat_fields(pid)[1])
-
-
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie does not count: it has exited)."""
     try:

@@ -107,9 +107,10 @@ def make_cluster(request):
     request.node.stash[_clusters_key] = started
 
     def make(n_workers: int = 2, slots_per_worker: int = 1, scheduler_args=FAST_HEARTBEAT,
-             **kwargs) -> stockade.LocalCluster:
+             processes: bool = True, **kwargs) -> stockade.LocalCluster:
+        # Worker processes by default: destructive tests kill them.
         c = stockade.LocalCluster(n_workers=n_workers, slots_per_worker=slots_per_worker,
-                                  scheduler_args=tuple(scheduler_args), **kwargs)
+                                  scheduler_args=tuple(scheduler_args), processes=processes, **kwargs)
         started.append(c)
         return c
 

@@ -13,7 +13,7 @@ import cloudpickle
 import pytest
 
 import stockade
-from _support import is_idle, poll, task_identity, wait_idle, worker_pids
+from _support import alive, is_idle, poll, task_identity, wait_idle, worker_pids
 
 RESULT_TIMEOUT = 30
 
@@ -280,9 +280,13 @@ def test_the_scheduler_of_a_local_cluster_runs_in_this_process_and_serves_others
     import subprocess
     import sys
 
-    # In this process: the cluster's clients reach it without the network.
+    # In this process, with its workers: the cluster's clients reach it without the
+    # network; tasks run in Python children of this process.
     assert cluster.scheduler.pid == os.getpid()
+    assert {w.pid for w in cluster.workers} == {os.getpid()}
     assert idle_client.submit(add, 1, 2).result(RESULT_TIMEOUT) == 3
+    assert idle_client.submit(os.getppid).result(RESULT_TIMEOUT) == os.getpid()
+    assert {w["address"] for w in idle_client.scheduler_info()["workers"]} == {"in-process"}
     # Another process connects over QUIC to the same scheduler, alongside this client.
     out = subprocess.run([sys.executable, "-c", OTHER_PROCESS_CLIENT, cluster.scheduler_file],
                          capture_output=True, text=True, timeout=90)
@@ -290,3 +294,13 @@ def test_the_scheduler_of_a_local_cluster_runs_in_this_process_and_serves_others
     result, sessions = out.stdout.split()
     assert result == "42"
     assert int(sessions) >= 2, out.stdout
+
+
+def test_closing_a_local_cluster_stops_the_python_children_of_its_workers(make_cluster):
+    cluster = make_cluster(n_workers=2, processes=False)
+    with stockade.Client(cluster.address, timeout=10) as client:
+        children = {client.submit(os.getpid).result(RESULT_TIMEOUT) for _ in range(8)}
+    assert children and os.getpid() not in children
+    cluster.close()
+    left = poll(lambda: [p for p in children if alive(p)], lambda pids: not pids, 30)
+    assert left == [], f"Python children of a closed cluster still run: {left}"

@@ -89,6 +89,27 @@ class _InProcessScheduler:
         self._native.close()
 
 
+class _InProcessWorker:
+    """A worker running on this process's Stockade I/O runtime; its Python children are
+    processes (started with this interpreter, in this directory, with this sys.path)."""
+
+    def __init__(self, name: str, args: list[str], child_env: dict):
+        from . import _native
+
+        self.name = name
+        self._native = _native.Worker(args, sorted(child_env.items()))
+        self.pid = os.getpid()
+
+    def ready(self, timeout: float) -> dict:
+        return {"event": "ready", "worker": self._native.id, "name": self.name}
+
+    def log(self) -> str:
+        return "(runs in this process; set STOCKADE_LOG=debug to see its log on stderr)"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._native.close()
+
+
 class LocalCluster:
     """A scheduler and ``n_workers`` workers of ``slots_per_worker`` slots on 127.0.0.1.
 
@@ -101,6 +122,10 @@ class LocalCluster:
     ``sys.path``, so functions defined in the caller's modules are found. Everything is
     stopped by ``close()``, at the end of a ``with`` block, or at interpreter exit.
 
+    Workers run in this process too unless ``processes=True``, which starts each as a
+    ``stockade worker`` process (to kill one, as a machine can be lost). Either way the
+    Python code of tasks runs in separate, pooled Python processes.
+
     ``worker_args`` go to every ``stockade worker`` (e.g. ``("--memory-limit", "4GiB")``).
     With ``separate_stores``, each process keeps pinned objects in a directory of its
     own, so they travel between processes as between machines (for tests and
@@ -109,7 +134,7 @@ class LocalCluster:
 
     def __init__(self, n_workers: int | None = None, slots_per_worker: int = 1, *, timeout: float = 30.0,
                  scheduler_args: tuple[str, ...] = (), worker_args: tuple[str, ...] = (),
-                 separate_stores: bool = False):
+                 separate_stores: bool = False, processes: bool = False):
         self.n_workers = n_workers if n_workers is not None else (os.cpu_count() or 1)
         self.slots_per_worker = slots_per_worker
         self._dir = tempfile.mkdtemp(prefix="stockade-cluster-")
@@ -122,7 +147,8 @@ class LocalCluster:
         self._timeout = timeout
         self._worker_args = tuple(worker_args)
         self._separate_stores = separate_stores
-        self.workers: list[_Process] = []
+        self.processes = processes
+        self.workers: list[_Process | _InProcessWorker] = []
         self._closed = False
         # The lifeline: every cluster process watches the read end and stops when it
         # ends, i.e. when this process has exited, even without running close() (killed,
@@ -142,18 +168,21 @@ class LocalCluster:
             self.close()
             raise
 
-    def _start_worker(self) -> _Process:
+    def _start_worker(self) -> _Process | _InProcessWorker:
         name = f"worker{len(self.workers) + 1}"
-        args = ["worker", "--scheduler-file", self.scheduler_file, "--slots", str(self.slots_per_worker),
+        args = ["--scheduler-file", self.scheduler_file, "--slots", str(self.slots_per_worker),
                 "--name", name, "--python", sys.executable, *self._store_args(name), *self._worker_args]
-        w = _Process(name, args, self._env, self._dir, self._lifeline)
+        if self.processes:
+            w = _Process(name, ["worker", *args], self._env, self._dir, self._lifeline)
+        else:
+            w = _InProcessWorker(name, args, {"PYTHONPATH": self._env["PYTHONPATH"]})
         self.workers.append(w)
         return w
 
     def _store_args(self, name: str) -> list[str]:
         return ["--store-dir", os.path.join(self._dir, f"store-{name}")] if self._separate_stores else []
 
-    def add_worker(self) -> _Process:
+    def add_worker(self) -> _Process | _InProcessWorker:
         """Starts one more worker and waits until it is registered."""
         w = self._start_worker()
         w.ready(self._timeout)
@@ -181,4 +210,5 @@ class LocalCluster:
         self.close()
 
     def __repr__(self) -> str:
-        return f"LocalCluster({self.address!r}, workers={len(self.workers)}, slots_per_worker={self.slots_per_worker})"
+        return (f"LocalCluster({self.address!r}, workers={len(self.workers)}, slots_per_worker={self.slots_per_worker}, "
+                f"processes={self.processes})")

@@ -86,5 +86,20 @@ class Scheduler:
     def close(self) -> None:
         """Stops it (idempotent); its connections are closed, its scheduler files removed."""
 
+class Worker:
+    """A worker running in this process (``LocalCluster`` starts them unless asked for
+    worker processes); its Python children are processes of their own."""
+
+    def __init__(self, args: list[str], child_env: list[tuple[str, str]] = ...) -> None:
+        """Starts it from the options of ``stockade worker`` and waits until it is
+        registered; ``child_env`` is added to its Python children's environment."""
+
+    @property
+    def id(self) -> int:
+        """Its id on the scheduler."""
+
+    def close(self) -> None:
+        """Stops it and its Python children (idempotent)."""
+
 def cli_main(argv: list[str]) -> int:
     """Runs the ``stockade`` command line (program name first); returns the exit status."""

@@ -80,7 +80,8 @@ enum CoreMsg {
 struct WorkerOutbox {
     id: WorkerId,
     tx: mpsc::UnboundedSender<ToWorker>,
-    conn: quinn::Connection,
+    /// `None` for a worker of this process ([`local`]), which shares the store.
+    conn: Option<quinn::Connection>,
     /// Whether it shares the scheduler's store (objects need no transfer).
     shares_store: bool,
     /// Object bytes streamed to it.
@@ -254,7 +255,7 @@ async fn serve_connection(
             tracing::info!(%remote, worker = id, %name, slots, shares_store, "worker connected");
             let (tx, rx) = mpsc::unbounded_channel();
             let sent = Arc::new(AtomicU64::new(0));
-            let outbox = WorkerOutbox { id, tx, conn: conn.clone(), shares_store, sent };
+            let outbox = WorkerOutbox { id, tx, conn: Some(conn.clone()), shares_store, sent };
             let _ = core_tx.send(CoreMsg::WorkerOutbox(outbox));
             let _ = core_tx.send(CoreMsg::Event(Event::WorkerJoined {
                 worker: id,
@@ -375,17 +376,21 @@ async fn worker_reader(
     core_tx: &mpsc::UnboundedSender<CoreMsg>,
 ) -> Result<(), FrameError> {
     while let Some(msg) = reader.next::<FromWorker>().await? {
-        let now = Instant::now();
-        let event = match msg {
-            FromWorker::Finished(results) => Event::Finished { worker, results, now },
-            FromWorker::Heartbeat => Event::Heartbeat { worker, now },
-            FromWorker::Pinned(tenant, reply) => Event::WorkerPinned { worker, tenant, reply },
-        };
-        if core_tx.send(CoreMsg::Event(event)).is_err() {
+        if core_tx.send(CoreMsg::Event(worker_event(worker, msg))).is_err() {
             break;
         }
     }
     Ok(())
+}
+
+/// What a worker's message means to the core.
+fn worker_event(worker: WorkerId, msg: FromWorker) -> Event {
+    let now = Instant::now();
+    match msg {
+        FromWorker::Finished(results) => Event::Finished { worker, results, now },
+        FromWorker::Heartbeat => Event::Heartbeat { worker, now },
+        FromWorker::Pinned(tenant, reply) => Event::WorkerPinned { worker, tenant, reply },
+    }
 }
 
 fn no_store() -> String {
@@ -551,8 +556,9 @@ fn route(actions: Vec<Action>, out: &mut Outboxes) {
             Action::CancelAttempt { worker, attempt } => cancels.entry(worker).or_default().push(attempt),
             Action::Deliver { session, result } => results.entry(session).or_default().push(result),
             Action::DropWorker { worker, reason } => {
-                if let Some(w) = out.workers.remove(&worker) {
-                    w.conn.close(CloseCode::HeartbeatMissed.code(), reason.as_bytes());
+                // A worker of this process stops when its outbox is dropped.
+                if let Some(conn) = out.workers.remove(&worker).and_then(|w| w.conn) {
+                    conn.close(CloseCode::HeartbeatMissed.code(), reason.as_bytes());
                 }
             }
             Action::PinOnWorker { worker, header } => pin_on_worker(out, worker, header),
@@ -611,7 +617,11 @@ fn pin_on_worker(out: &Outboxes, worker: WorkerId, header: ObjectHeader) {
         fail("the scheduler no longer holds the object".into());
         return;
     };
-    let (conn, sent) = (w.conn.clone(), w.sent.clone());
+    let Some(conn) = w.conn.clone() else {
+        fail("the worker shares no store with the scheduler and has no connection to stream it on".into());
+        return;
+    };
+    let sent = w.sent.clone();
     tokio::spawn(async move {
         match stream::send(&conn, object.header(), object.bytes()).await {
             Ok(n) => {

@@ -19,9 +19,10 @@ use state::{WorkerAction, WorkerEvent, WorkerState};
 
 use crate::net::{dial, DialError, Target};
 use crate::proto::{
-    AttemptId, AttemptResult, FrameError, FromWorker, ObjectHeader, Outcome, Peer, PinOutcome, PinReply, TaskError,
-    ToWorker, WorkerHello,
+    AttemptId, AttemptResult, FrameError, FrameWriter, FromWorker, HandshakeError, ObjectHeader, Outcome, Peer,
+    PinOutcome, PinReply, TaskError, ToWorker, WorkerHello,
 };
+use crate::scheduler::local;
 use crate::store::{stream, Store};
 use pins::PinTable;
 
@@ -53,6 +54,9 @@ pub enum WorkerError {
     /// The connection failed later.
     #[error("lost the scheduler: {0}")]
     Connection(String),
+    /// The scheduler of this process refused it (the token).
+    #[error("the scheduler refused this worker: {0}")]
+    Refused(HandshakeError),
 }
 
 /// Messages into the worker's core loop.
@@ -71,31 +75,43 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(u64),
 ) -> Result<(), WorkerError> {
-    let peer = Peer::Worker(WorkerHello {
-        name: options.name.clone(),
-        slots: options.slots,
-        store_id: options.store.id().to_string(),
-    });
-    let connected = dial(&options.target, peer, options.connect_timeout).await?;
-    let conn = connected.conn.clone();
-    let mut writer = connected.writer;
-    let mut reader = connected.reader;
-    let heartbeat = Duration::from_millis(connected.welcome.heartbeat_interval_ms.max(10));
-    tracing::info!(worker = connected.welcome.id, name = %options.name, slots = options.slots, "registered with the scheduler");
-    on_ready(connected.welcome.id);
-
+    let hello =
+        WorkerHello { name: options.name.clone(), slots: options.slots, store_id: options.store.id().to_string() };
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let reader_task = {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while let Some(msg) = reader.next::<ToWorker>().await? {
-                if tx.send(Input::FromScheduler(msg)).is_err() {
-                    break;
+    let door = local::door(options.target.addr).filter(|door| door.takes_worker_with(options.store.id()));
+    let (mut uplink, welcome, reader_task) = match door {
+        Some(door) => {
+            let link = door.connect_worker(&options.target.token, hello).map_err(WorkerError::Refused)?;
+            let (to_core, mut from_scheduler) = (tx.clone(), link.rx);
+            let reader_task = tokio::spawn(async move {
+                while let Some(msg) = from_scheduler.recv().await {
+                    if to_core.send(Input::FromScheduler(msg)).is_err() {
+                        break;
+                    }
                 }
-            }
-            Ok::<(), FrameError>(())
-        })
+                Ok::<(), FrameError>(())
+            });
+            (Uplink::Local { tx: link.tx, queued: Vec::new() }, link.welcome, reader_task)
+        }
+        None => {
+            let connected = dial(&options.target, Peer::Worker(hello), options.connect_timeout).await?;
+            let mut reader = connected.reader;
+            let to_core = tx.clone();
+            let reader_task = tokio::spawn(async move {
+                while let Some(msg) = reader.next::<ToWorker>().await? {
+                    if to_core.send(Input::FromScheduler(msg)).is_err() {
+                        break;
+                    }
+                }
+                Ok::<(), FrameError>(())
+            });
+            let uplink = Uplink::Quic { conn: connected.conn, endpoint: connected.endpoint, writer: connected.writer };
+            (uplink, connected.welcome, reader_task)
+        }
     };
+    let heartbeat = Duration::from_millis(welcome.heartbeat_interval_ms.max(10));
+    tracing::info!(worker = welcome.id, name = %options.name, slots = options.slots, "registered with the scheduler");
+    on_ready(welcome.id);
     let ticker = {
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -110,7 +126,9 @@ pub async fn run(
     };
 
     let table = Arc::new(Mutex::new(PinTable::new(options.name.clone(), options.memory_limit)));
-    let objects = tokio::spawn(accept_objects(conn.clone(), options.store.clone(), table.clone(), tx.clone()));
+    let conn = uplink.conn().cloned();
+    let objects =
+        conn.clone().map(|conn| tokio::spawn(accept_objects(conn, options.store.clone(), table.clone(), tx.clone())));
     let mut pin_replies = Vec::new();
     let mut state = WorkerState::new(options.slots);
     let mut running: HashMap<AttemptId, JoinHandle<()>> = HashMap::new();
@@ -227,29 +245,29 @@ pub async fn run(
                 }
             }
             for reply in pin_replies.drain(..) {
-                writer.push(&reply)?;
+                uplink.push(reply)?;
             }
             if !finished.is_empty() {
-                writer.push(&FromWorker::Finished(std::mem::take(&mut finished)))?;
+                uplink.push(FromWorker::Finished(std::mem::take(&mut finished)))?;
             }
             if beat {
-                writer.push(&FromWorker::Heartbeat)?;
+                uplink.push(FromWorker::Heartbeat)?;
             }
-            if writer.buffered() > 0 {
-                writer.flush().await?;
-            }
+            uplink.flush().await?;
         }
         Ok::<(), FrameError>(())
     };
     let result = tokio::select! {
         r = core => r.map_err(|e| WorkerError::Connection(e.to_string())),
-        r = reader_task => match r {
-            Ok(Ok(())) => match conn.close_reason() {
-                Some(reason) => Err(WorkerError::Connection(reason.to_string())),
-                None => Ok(()),
-            },
-            Ok(Err(e)) => Err(WorkerError::Connection(conn.close_reason().map(|r| r.to_string()).unwrap_or_else(|| e.to_string()))),
-            Err(e) => Err(WorkerError::Connection(e.to_string())),
+        r = reader_task => {
+            let reason = conn.as_ref().and_then(|conn| conn.close_reason()).map(|r| r.to_string());
+            match (r, reason) {
+                (Ok(_), Some(reason)) => Err(WorkerError::Connection(reason)),
+                (Ok(Ok(())), None) if conn.is_some() => Ok(()),
+                (Ok(Ok(())), None) => Err(WorkerError::Connection("the scheduler in this process stopped or dropped this worker".into())),
+                (Ok(Err(e)), None) => Err(WorkerError::Connection(e.to_string())),
+                (Err(e), _) => Err(WorkerError::Connection(e.to_string())),
+            }
         },
         _ = shutdown => {
             tracing::info!("worker shutting down");
@@ -257,13 +275,69 @@ pub async fn run(
         }
     };
     ticker.abort();
-    objects.abort();
+    if let Some(objects) = objects {
+        objects.abort();
+    }
     for handle in running.values() {
         handle.abort();
     }
-    conn.close(crate::proto::CloseCode::Normal.code(), b"worker stopped");
-    let _ = tokio::time::timeout(Duration::from_secs(1), connected.endpoint.wait_idle()).await;
+    uplink.close().await;
     result
+}
+
+/// How a worker's messages reach the scheduler.
+enum Uplink {
+    /// A QUIC connection and its control stream.
+    Quic { conn: quinn::Connection, endpoint: quinn::Endpoint, writer: FrameWriter<quinn::SendStream> },
+    /// The door of a scheduler in this process; `queued` waits for the next flush.
+    Local { tx: mpsc::UnboundedSender<FromWorker>, queued: Vec<FromWorker> },
+}
+
+impl Uplink {
+    fn conn(&self) -> Option<&quinn::Connection> {
+        match self {
+            Self::Quic { conn, .. } => Some(conn),
+            Self::Local { .. } => None,
+        }
+    }
+
+    fn push(&mut self, msg: FromWorker) -> Result<(), FrameError> {
+        match self {
+            Self::Quic { writer, .. } => writer.push(&msg),
+            Self::Local { queued, .. } => {
+                queued.push(msg);
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends what was pushed, if anything.
+    async fn flush(&mut self) -> Result<(), FrameError> {
+        match self {
+            Self::Quic { writer, .. } if writer.buffered() > 0 => writer.flush().await,
+            Self::Quic { .. } => Ok(()),
+            Self::Local { tx, queued } => {
+                for msg in queued.drain(..) {
+                    if tx.send(msg).is_err() {
+                        let gone = std::io::Error::new(
+                            std::io::ErrorKind::BrokenPipe,
+                            "the scheduler in this process stopped",
+                        );
+                        return Err(FrameError::Io(gone));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Leaves the scheduler.
+    async fn close(self) {
+        if let Self::Quic { conn, endpoint, .. } = self {
+            conn.close(crate::proto::CloseCode::Normal.code(), b"worker stopped");
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        }
+    }
 }
 
 fn lock(table: &Mutex<PinTable>) -> std::sync::MutexGuard<'_, PinTable> {

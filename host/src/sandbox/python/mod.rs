@@ -50,11 +50,20 @@ pub struct PythonConfig {
     /// Accelerate, numexpr), as loky gives its workers: [`THREAD_LIMIT_VARS`] not set in
     /// the worker's own environment are set to this. `None` leaves them alone.
     pub threads_per_child: Option<u32>,
+    /// Added to every child's environment (a worker inside the client's process gets
+    /// the client's `sys.path` this way).
+    pub child_env: Vec<(String, String)>,
 }
 
 impl Default for PythonConfig {
     fn default() -> Self {
-        Self { python: "python3".into(), max_tasks_per_child: 10_000, max_child_memory: None, threads_per_child: None }
+        Self {
+            python: "python3".into(),
+            max_tasks_per_child: 10_000,
+            max_child_memory: None,
+            threads_per_child: None,
+            child_env: Vec::new(),
+        }
     }
 }
 
@@ -128,6 +137,7 @@ impl PyChild {
             }
         }
         let mut process = command
+            .envs(config.child_env.iter().cloned())
             .arg("-c")
             .arg(CHILD_SOURCE)
             .stdin(Stdio::piped())
