@@ -69,7 +69,8 @@ enum Input {
 }
 
 /// Connects and runs until the scheduler goes away or `shutdown` completes. Calls
-/// `on_ready` with the worker id once registered.
+/// `on_ready` with the worker id once registered. A scheduler of this process that
+/// shares the worker's store is joined through its door ([`local`]), any other over QUIC.
 pub async fn run(
     options: WorkerOptions,
     shutdown: impl Future<Output = ()>,
