@@ -444,13 +444,35 @@ impl NativeClient {
     }
 }
 
+/// A part of a local cluster running on this process's I/O runtime, stopped once.
+struct InProcess<T> {
+    inner: Mutex<Option<T>>,
+    /// The process it runs in: a forked child has the object but not the tasks behind it.
+    pid: u32,
+}
+
+impl<T> InProcess<T> {
+    fn new(value: T) -> Self {
+        Self { inner: Mutex::new(Some(value)), pid: std::process::id() }
+    }
+
+    /// Takes it to stop it; `None` if it was taken before or this process is a forked
+    /// child, where it is forgotten (its tasks live in the parent's runtime).
+    fn take(&self) -> Option<T> {
+        let taken = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if self.pid == std::process::id() {
+            return taken;
+        }
+        std::mem::forget(taken);
+        None
+    }
+}
+
 /// A scheduler running in this process, on its I/O runtime (what `LocalCluster` starts).
 /// Clients of this process that connect to its address reach it without the network.
 #[pyclass(frozen, module = "stockade._native", name = "Scheduler")]
 struct NativeScheduler {
-    inner: Mutex<Option<EmbeddedScheduler>>,
-    /// The process it runs in: a forked child has the object but not the scheduler.
-    pid: u32,
+    inner: InProcess<EmbeddedScheduler>,
     address: String,
     scheduler_file: PathBuf,
 }
@@ -469,8 +491,7 @@ impl NativeScheduler {
         Ok(Self {
             address: scheduler.address().to_string(),
             scheduler_file: scheduler.scheduler_file().to_path_buf(),
-            inner: Mutex::new(Some(scheduler)),
-            pid: std::process::id(),
+            inner: InProcess::new(scheduler),
         })
     }
 
@@ -489,12 +510,8 @@ impl NativeScheduler {
     /// Stops it (idempotent): its connections are closed, its scheduler files removed.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let rt = runtime()?;
-        let taken = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-        match taken {
-            Some(mut scheduler) if self.pid == std::process::id() => py.detach(|| rt.block_on(scheduler.stop())),
-            // Its tasks live in the parent's runtime, which this process does not run.
-            Some(inherited) => std::mem::forget(inherited),
-            None => {}
+        if let Some(mut scheduler) = self.inner.take() {
+            py.detach(|| rt.block_on(scheduler.stop()));
         }
         Ok(())
     }
@@ -504,9 +521,8 @@ impl NativeScheduler {
 /// unless asked for worker processes). Its CPython children are processes.
 #[pyclass(frozen, module = "stockade._native", name = "Worker")]
 struct NativeWorker {
-    inner: Mutex<Option<EmbeddedWorker>>,
+    inner: InProcess<EmbeddedWorker>,
     id: u64,
-    pid: u32,
 }
 
 #[pymethods]
@@ -519,7 +535,7 @@ impl NativeWorker {
         let rt = runtime()?;
         let started = py.detach(|| rt.block_on(EmbeddedWorker::start(&args, child_env)));
         let worker = started.map_err(|e| PyRuntimeError::new_err(format!("cannot start the worker: {e:#}")))?;
-        Ok(Self { id: worker.id(), inner: Mutex::new(Some(worker)), pid: std::process::id() })
+        Ok(Self { id: worker.id(), inner: InProcess::new(worker) })
     }
 
     /// Its id on the scheduler.
@@ -531,12 +547,8 @@ impl NativeWorker {
     /// Stops it and its Python children (idempotent).
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let rt = runtime()?;
-        let taken = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-        match taken {
-            Some(mut worker) if self.pid == std::process::id() => py.detach(|| rt.block_on(worker.stop())),
-            // Its tasks live in the parent's runtime, which this process does not run.
-            Some(inherited) => std::mem::forget(inherited),
-            None => {}
+        if let Some(mut worker) = self.inner.take() {
+            py.detach(|| rt.block_on(worker.stop()));
         }
         Ok(())
     }
