@@ -239,6 +239,23 @@ struct NativeClient {
     queue: Arc<CompletionQueue>,
 }
 
+impl NativeClient {
+    /// A Python task: `header` followed by `pickled`, completing into the queue.
+    fn python_task(&self, header: &[u8], pickled: &[u8], needs: &[Vec<u8>]) -> PyResult<(NewTask, Completion)> {
+        let mut payload = Vec::with_capacity(header.len() + pickled.len());
+        payload.extend_from_slice(header);
+        payload.extend_from_slice(pickled);
+        let needs = needs.iter().map(|k| key_of(k)).collect::<PyResult<Vec<_>>>()?;
+        Ok((NewTask { kind: TaskKind::Python, payload, needs }, self.completion()))
+    }
+
+    /// A completion that queues the outcome for the dispatcher thread.
+    fn completion(&self) -> Completion {
+        let queue = self.queue.clone();
+        Box::new(move |id, result| queue.push(completed(id, result)))
+    }
+}
+
 #[pymethods]
 impl NativeClient {
     /// Connects to a scheduler given by address and/or scheduler file.
@@ -267,41 +284,37 @@ impl NativeClient {
     /// Each task's payload is `header` followed by its pickle, assembled here in one
     /// copy (a large argument is not copied again by a concatenation in Python).
     /// `needs` lists, per payload, the keys of the pinned objects it refers to.
+    /// Submitting never blocks (it queues for the I/O runtime), so the GIL stays held.
     #[pyo3(signature = (payloads, header=None, needs=None))]
     fn submit_many(
         &self,
-        py: Python<'_>,
         payloads: Vec<Bound<'_, PyBytes>>,
         header: Option<&[u8]>,
         needs: Option<Vec<Vec<Vec<u8>>>>,
     ) -> PyResult<Vec<u64>> {
-        let header = header.unwrap_or_default();
         let mut needs = needs.unwrap_or_default().into_iter();
-        let mut tasks: Vec<(NewTask, Completion)> = Vec::with_capacity(payloads.len());
-        for pickled in &payloads {
-            let pickled = pickled.as_bytes();
-            let mut payload = Vec::with_capacity(header.len() + pickled.len());
-            payload.extend_from_slice(header);
-            payload.extend_from_slice(pickled);
-            let keys = needs.next().unwrap_or_default().iter().map(|k| key_of(k)).collect::<PyResult<Vec<_>>>()?;
-            let queue = self.queue.clone();
-            let completion: Completion = Box::new(move |id, result| queue.push(completed(id, result)));
-            tasks.push((NewTask { kind: TaskKind::Python, payload, needs: keys }, completion));
-        }
-        py.detach(|| self.client.submit_with(tasks)).map_err(|e| PyConnectionError::new_err(e.to_string()))
+        let tasks = payloads
+            .iter()
+            .map(|pickled| {
+                self.python_task(header.unwrap_or_default(), pickled.as_bytes(), &needs.next().unwrap_or_default())
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        self.client.submit_with(tasks).map_err(|e| PyConnectionError::new_err(e.to_string()))
+    }
+
+    /// Submits one pickled zero-argument callable (as [`NativeClient::submit_many`]
+    /// does); returns its task id.
+    #[pyo3(signature = (payload, header=None, needs=Vec::new()))]
+    fn submit_one(&self, payload: &[u8], header: Option<&[u8]>, needs: Vec<Vec<u8>>) -> PyResult<u64> {
+        let task = self.python_task(header.unwrap_or_default(), payload, &needs)?;
+        let ids = self.client.submit_with(vec![task]).map_err(|e| PyConnectionError::new_err(e.to_string()))?;
+        ids.first().copied().ok_or_else(|| PyRuntimeError::new_err("no task id"))
     }
 
     /// Submits one WebAssembly task: `task` of the pinned module `module` on `input`
     /// (JSON); `needs` are the keys of the pinned objects it reads (the module is
     /// added). Returns the task id; its completion carries the JSON output.
-    fn submit_wasm(
-        &self,
-        py: Python<'_>,
-        module: Vec<u8>,
-        task: String,
-        input: Vec<u8>,
-        needs: Vec<Vec<u8>>,
-    ) -> PyResult<u64> {
+    fn submit_wasm(&self, module: Vec<u8>, task: String, input: Vec<u8>, needs: Vec<Vec<u8>>) -> PyResult<u64> {
         let module = key_of(&module)?;
         let mut keys = vec![module];
         for k in &needs {
@@ -309,11 +322,10 @@ impl NativeClient {
         }
         let call = WasmCall { module, task, input };
         let payload = stockade::proto::frame::encode(&call).map_err(|e| PyValueError::new_err(e.to_string()))?.to_vec();
-        let queue = self.queue.clone();
-        let completion: Completion = Box::new(move |id, result| queue.push(completed(id, result)));
         let task = NewTask { kind: TaskKind::Wasm, payload, needs: keys };
-        let ids = py
-            .detach(|| self.client.submit_with(vec![(task, completion)]))
+        let ids = self
+            .client
+            .submit_with(vec![(task, self.completion())])
             .map_err(|e| PyConnectionError::new_err(e.to_string()))?;
         ids.first().copied().ok_or_else(|| PyRuntimeError::new_err("no task id"))
     }

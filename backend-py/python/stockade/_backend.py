@@ -7,7 +7,6 @@ import os
 import threading
 import time
 import weakref
-from concurrent.futures import Future
 
 from joblib import register_parallel_backend
 from joblib.parallel import AutoBatchingMixin, ParallelBackendBase
@@ -83,8 +82,6 @@ class StockadeBackend(AutoBatchingMixin, ParallelBackendBase):
         weakref.finalize(self, _release, self._objects, owned)
         self.scatter = [self._objects.scatter(obj) for obj in (scatter or [])]
         self.wait_for_workers_timeout = wait_for_workers_timeout
-        self._outstanding: set = set()
-        self._outstanding_lock = threading.Lock()
 
     def effective_n_jobs(self, n_jobs):
         if n_jobs == 0:
@@ -117,33 +114,17 @@ class StockadeBackend(AutoBatchingMixin, ParallelBackendBase):
         items = getattr(func, "items", None)
         if items and all(isinstance(f, _wasm.Task) for f, _, _ in items):
             # A batch of WebAssembly calls runs in sandboxes, one task per call.
-            future = _gather([self.client.submit_wasm(f, a, k) for f, a, k in items])
-        else:
-            future = self.client.submit_calls([func], self._objects)[0]
-        with self._outstanding_lock:
-            self._outstanding.add(future)
-
-        def done(f):
-            with self._outstanding_lock:
-                self._outstanding.discard(f)
-            # Batches of an aborted call end later (as cancelled); joblib must not see
-            # them, or they would count against the next call of the same Parallel.
-            if callback is not None and not getattr(f, "stockade_aborted", False):
-                callback(f)
-
-        future.add_done_callback(done)
-        return future
+            return self.client.submit_wasm_batch(items, self, callback)
+        return self.client.submit_batch(func, self._objects, self, callback)
 
     def retrieve_result_callback(self, out):
         return out.result()
 
     def abort_everything(self, ensure_ready=True):
-        """Cancels this backend's queued and running tasks on the cluster."""
-        with self._outstanding_lock:
-            pending = list(self._outstanding)
-            for f in pending:
-                f.stockade_aborted = True
-        self.client.cancel(pending)
+        """Cancels this backend's queued and running tasks on the cluster. Their batches
+        end without calling back: joblib must not see them, or they would count against
+        the next call of the same Parallel."""
+        self.client.cancel_owned(self)
 
     def terminate(self):
         """End of a Parallel call: the cluster stays, the batching statistics reset."""
@@ -151,30 +132,6 @@ class StockadeBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def __reduce__(self):
         raise StockadeError("the stockade backend cannot be pickled into a task")
-
-
-def _gather(futures: list[Future]) -> Future:
-    """One future for a batch: the list of results, or the first exception."""
-    batch = Future()
-    batch.set_running_or_notify_cancel()
-    batch.stockade_parts = futures
-    left = [len(futures)]
-    lock = threading.Lock()
-
-    def one_done(_):
-        with lock:
-            left[0] -= 1
-            finished = left[0] == 0
-        if finished:
-            errors = [f.exception() for f in futures if f.exception() is not None]
-            if errors:
-                batch.set_exception(errors[0])
-            else:
-                batch.set_result([f.result() for f in futures])
-
-    for f in futures:
-        f.add_done_callback(one_done)
-    return batch
 
 
 def _release(objects: ObjectSession, owned: Client | None) -> None:

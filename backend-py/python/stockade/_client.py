@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 import threading
@@ -20,6 +21,8 @@ from ._scatter import DEFAULT_AUTO_SCATTER, ObjectSession, Pinned, pin
 from . import wasm as _wasm
 
 _DONE, _RAISED = 0, 1
+
+_log = logging.getLogger("stockade")
 
 # Workers refuse a task whose pickles come from another Python minor version or
 # cloudpickle version (see child.py), with a message naming both.
@@ -77,15 +80,30 @@ def _rebuild_exception(data: bytes) -> BaseException:
     return exc
 
 
+def _outcome(status: int, kind: str, message: str, data: bytes, wasm: bool) -> tuple[bool, Any]:
+    """``(True, result)`` or ``(False, exception)`` of a completion."""
+    if status == _DONE:
+        if wasm:
+            return True, _wasm.decode(data)
+        try:
+            return True, cloudpickle.loads(data)
+        except Exception as e:
+            return False, StockadeError(f"cannot unpickle the task's result here: {e!r}")
+    if status == _RAISED:
+        return False, WasmTaskFailed(message) if wasm else _rebuild_exception(data)
+    return False, error_for(kind, message)
+
+
 class TaskFuture(Future):
     """The future of one task. A thread that blocks in :meth:`result` or
     :meth:`exception` takes the task's completion from the native client itself, one
     thread hand-off sooner than the dispatcher thread would deliver it."""
 
-    def __init__(self, client: "Client"):
+    def __init__(self, client: "Client", wasm: bool = False):
         super().__init__()
         self.set_running_or_notify_cancel()
         self.stockade_id = -1
+        self.wasm = wasm
         self._client: Client | None = client
         self._claimed = False
 
@@ -94,6 +112,15 @@ class TaskFuture(Future):
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         return super().exception(self._collect(timeout))
+
+    def _complete(self, task_id: int, ok: bool, value: Any) -> None:
+        self._client = None
+        if self.done():
+            return
+        if ok:
+            self.set_result(value)
+        else:
+            self.set_exception(value)
 
     def _collect(self, timeout: float | None) -> float | None:
         """Waits for the completion in this thread (unless another thread does, or the
@@ -122,8 +149,79 @@ class TaskFuture(Future):
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
+class BatchTask:
+    """A batch of the joblib backend: one or more tasks (a pickled batch, or a call per
+    WebAssembly task) whose outcome goes to ``callback(batch)`` on the thread that
+    completes it. Lighter than a Future (no condition variable, no callback list, no
+    lock), since joblib reads the outcome only in that callback, through :meth:`result`.
+
+    ``owner`` is the backend that submitted it (see :meth:`Client.cancel_owned`); an
+    aborted batch ends without calling back.
+    """
+
+    __slots__ = ("owner", "callback", "aborted", "wasm", "_ids", "_parts", "_left", "_ok", "_value")
+
+    def __init__(self, owner: object, callback: Callable[["BatchTask"], Any] | None, wasm: bool = False):
+        self.owner = owner
+        self.callback = callback
+        self.aborted = False
+        self.wasm = wasm
+        self._ids: list[int] = []
+        self._parts: dict[int, tuple[bool, Any]] | None = None
+        self._left = 0
+        self._ok = True
+        self._value: Any = None
+
+    def done(self) -> bool:
+        return self._left == 0 and bool(self._ids)
+
+    def result(self) -> Any:
+        """The batch's result (a list per call for WebAssembly batches), or raises its
+        (first) exception."""
+        if not self._ok:
+            raise self._value
+        return self._value
+
+    def _track(self, ids: list[int]) -> None:
+        """Called by the client, under its lock, once the tasks are submitted."""
+        self._ids = ids
+        self._left = len(ids)
+        if self.wasm or len(ids) > 1:
+            self._parts = {}
+
+    def _complete(self, task_id: int, ok: bool, value: Any) -> None:
+        parts = self._parts
+        if parts is not None:
+            parts[task_id] = (ok, value)
+            self._left -= 1
+            if self._left > 0:
+                return
+            outcomes = [parts[i] for i in self._ids]
+            failed = next((v for good, v in outcomes if not good), None)
+            ok, value = (True, [v for _, v in outcomes]) if failed is None else (False, failed)
+            self._parts = None
+        self._ok, self._value, self._left = ok, value, 0
+        if self.callback is not None and not self.aborted:
+            try:
+                self.callback(self)
+            except Exception:
+                _log.exception("the callback of a Stockade batch raised")
+
+
 # How long a thread blocked in TaskFuture.result() waits before checking for signals.
 _WAIT_STEP = 0.1
+
+# Whether this process was forked from one that imported stockade: only then can a
+# Client belong to another process (checked on every submission, so not by getpid()).
+_forked = False
+
+
+def _after_fork() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class Client:
@@ -154,7 +252,7 @@ class Client:
         self._pins_lock = threading.Lock()
         self._objects = ObjectSession(self, auto_scatter)
         self._modules: dict[str, bytes] = {}
-        self._futures: dict[int, TaskFuture] = {}
+        self._futures: dict[int, TaskFuture | BatchTask] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._dispatcher = threading.Thread(target=self._dispatch, name="stockade-results", daemon=True)
@@ -183,16 +281,44 @@ class Client:
     def submit_wasm(self, task: "_wasm.Task", args: tuple, kwargs: dict) -> Future:
         """Runs a WebAssembly task on ``task.encode(args, kwargs)``; the future's result
         is the task's decoded JSON output."""
-        self._check_usable()
-        module = self._module_key(task.module)
-        data, needs = task.encode(args, kwargs)
-        future = TaskFuture(self)
-        future.stockade_wasm = True
+        call = self._wasm_call(task, args, kwargs)
+        future = TaskFuture(self, wasm=True)
         with self._lock:
-            task_id = self._native.submit_wasm(module, task.name, data, needs)
-            future.stockade_id = task_id
-            self._futures[task_id] = future
+            future.stockade_id = self._native.submit_wasm(*call)
+            self._futures[future.stockade_id] = future
         return future
+
+    def _wasm_call(self, task: "_wasm.Task", args: tuple, kwargs: dict) -> tuple[bytes, str, bytes, list[bytes]]:
+        """``submit_wasm``'s arguments for a call (pinning the module on first use)."""
+        self._check_usable()
+        data, needs = task.encode(args, kwargs)
+        return self._module_key(task.module), task.name, data, needs
+
+    def submit_batch(self, batch: Callable, objects: ObjectSession, owner: object,
+                     callback: Callable[[BatchTask], Any] | None) -> BatchTask:
+        """Submits a joblib batch (a zero-argument callable) as one task; ``callback``
+        gets the :class:`BatchTask` when it ends (see :meth:`cancel_owned`)."""
+        payload, needs = objects.dumps(batch)
+        self._check_usable()
+        task = BatchTask(owner, callback)
+        # Hold the lock so that no completion arrives before its task is known.
+        with self._lock:
+            task_id = self._native.submit_one(payload, _VERSION_HEADER, needs)
+            task._track([task_id])
+            self._futures[task_id] = task
+        return task
+
+    def submit_wasm_batch(self, calls: list, owner: object, callback: Callable[[BatchTask], Any] | None) -> BatchTask:
+        """Submits ``(wasm.Task, args, kwargs)`` calls, one sandboxed task each, as one
+        batch: its result is the list of their outputs."""
+        prepared = [self._wasm_call(f, a, k) for f, a, k in calls]
+        task = BatchTask(owner, callback, wasm=True)
+        with self._lock:
+            ids = [self._native.submit_wasm(*call) for call in prepared]
+            task._track(ids)
+            for task_id in ids:
+                self._futures[task_id] = task
+        return task
 
     def _module_key(self, module: "_wasm.Module") -> bytes:
         """Pins a module once per client; returns its key."""
@@ -245,7 +371,7 @@ class Client:
     def _check_usable(self) -> None:
         if self._closed.is_set():
             raise StockadeError("the client is closed")
-        if os.getpid() != self._pid:
+        if _forked and os.getpid() != self._pid:
             raise StockadeError(
                 f"this Client was created in process {self._pid}; its connection does not survive a fork. "
                 "hint: create a new Client in the child process"
@@ -266,8 +392,17 @@ class Client:
 
     def cancel(self, futures: Iterable[Future]) -> None:
         """Cancels tasks on the cluster; their futures fail with ``TaskCancelled``."""
-        futures = [p for f in futures for p in getattr(f, "stockade_parts", [f])]
-        ids = [f.stockade_id for f in futures if hasattr(f, "stockade_id") and not f.done()]
+        ids = [f.stockade_id for f in futures if isinstance(f, TaskFuture) and not f.done()]
+        if ids:
+            self._native.cancel(ids)
+
+    def cancel_owned(self, owner: object) -> None:
+        """Cancels the unfinished batches ``owner`` submitted: they end without calling
+        back (their tasks end as cancelled on the cluster)."""
+        with self._lock:
+            ids = [i for i, t in self._futures.items() if type(t) is BatchTask and t.owner is owner]
+            for i in ids:
+                self._futures[i].aborted = True
         if ids:
             self._native.cancel(ids)
 
@@ -283,33 +418,12 @@ class Client:
                 break
 
     def _deliver(self, task_id: int, status: int, kind: str, message: str, data: bytes) -> None:
-        """Sets the result or exception of task ``task_id``'s future from its completion
-        (by whichever thread took the completion: the dispatcher or a waiting caller)."""
+        """Completes task ``task_id``'s future or batch from its completion (by
+        whichever thread took the completion: the dispatcher or a waiting caller)."""
         with self._lock:
-            future = self._futures.pop(task_id, None)
-        if future is None:
-            return
-        future._client = None
-        if future.done():
-            return
-        if getattr(future, "stockade_wasm", False):
-            if status == _DONE:
-                future.set_result(_wasm.decode(data))
-            elif status == _RAISED:
-                future.set_exception(WasmTaskFailed(message))
-            else:
-                future.set_exception(error_for(kind, message))
-        elif status == _DONE:
-            try:
-                value = cloudpickle.loads(data)
-            except Exception as e:
-                future.set_exception(StockadeError(f"cannot unpickle the task's result here: {e!r}"))
-            else:
-                future.set_result(value)
-        elif status == _RAISED:
-            future.set_exception(_rebuild_exception(data))
-        else:
-            future.set_exception(error_for(kind, message))
+            pending = self._futures.pop(task_id, None)
+        if pending is not None:
+            pending._complete(task_id, *_outcome(status, kind, message, data, pending.wasm))
 
     # -- information and life cycle -----------------------------------------------
 
@@ -334,11 +448,10 @@ class Client:
         if threading.current_thread() is not self._dispatcher:
             self._dispatcher.join(timeout=5)
         with self._lock:
-            leftover = list(self._futures.values())
+            leftover = list(self._futures.items())
             self._futures.clear()
-        for f in leftover:
-            if not f.done():
-                f.set_exception(error_for("Closed", "the client was closed before the task finished"))
+        for task_id, pending in leftover:
+            pending._complete(task_id, False, error_for("Closed", "the client was closed before the task finished"))
 
     def __enter__(self) -> "Client":
         return self
