@@ -12,11 +12,13 @@ with loky's memmaps, read-only).
 
 from __future__ import annotations
 
+import copyreg
 import ctypes
 import io
 import pickle
 import sys
 import threading
+import types
 import weakref
 from typing import Any
 
@@ -39,6 +41,49 @@ REUSE_SCATTER = 64 << 10
 _SAVED_DIRECTLY = frozenset(
     {type(None), bool, int, float, bytes, bytearray, str, dict, set, frozenset, list, tuple, pickle.PickleBuffer}
 )
+
+
+class _PicklerCache:
+    """What cloudpickle would work out again for every task pickle, kept across them:
+
+    - the classes and functions it pickles by reference (by module and name), by id:
+      finding that out costs a module lookup per function per task, most of the time it
+      takes to pickle a small joblib batch. Valid while cloudpickle's registry of modules
+      pickled by value is unchanged; bounded (the objects stay alive meanwhile, so an id
+      is not reused);
+    - its dispatch table as one dict rather than a ``ChainMap`` over ``copyreg``'s
+      (a Python-level lookup per object), rebuilt when a reducer is registered there.
+    """
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self.objects: dict[int, Any] = {}
+        self.by_value: set[str] = set()
+        self.dispatch: dict = {}
+        self.registered = -1
+
+    def refresh(self) -> None:
+        """Brings the cache up to date (once per pickle)."""
+        registry = cloudpickle.list_registry_pickle_by_value()
+        if registry != self.by_value:
+            self.objects = {}
+            self.by_value = registry
+        if len(copyreg.dispatch_table) != self.registered:
+            self.registered = len(copyreg.dispatch_table)
+            self.dispatch = {**copyreg.dispatch_table, **cloudpickle.Pickler._dispatch_table}
+
+    def by_reference(self, obj: Any) -> bool:
+        return self.objects.get(id(obj)) is obj
+
+    def note_by_reference(self, obj: Any) -> None:
+        objects = self.objects
+        if len(objects) >= self.LIMIT:
+            objects.clear()
+        objects[id(obj)] = obj
+
+
+_cache = _PicklerCache()
 
 
 def _pinned_object(key: str) -> Any:
@@ -154,8 +199,9 @@ class ObjectSession:
     def dumps(self, obj: Any) -> tuple[bytes, list[bytes]]:
         """Pickles ``obj`` (cloudpickle) with pinned objects replaced by their keys;
         returns the pickle and the keys it needs."""
-        with self._lock:
-            saved_directly = not self.types.isdisjoint(_SAVED_DIRECTLY)
+        # No lock: a set operation on types runs whole under the GIL.
+        saved_directly = not self.types.isdisjoint(_SAVED_DIRECTLY)
+        _cache.refresh()
         f = io.BytesIO()
         pickler = (_PersistentPickler if saved_directly else _Pickler)(f, self)
         pickler.dump(obj)
@@ -188,6 +234,7 @@ class _Pickler(cloudpickle.Pickler):
     directly (ints, strings, lists ...), so a batch of many small calls pays little."""
 
     def __init__(self, file, objects: ObjectSession):
+        self.dispatch_table = _cache.dispatch  # read by pickle's own __init__
         super().__init__(file)
         self._objects = objects
         self.needs: dict[bytes, None] = {}
@@ -212,7 +259,12 @@ class _Pickler(cloudpickle.Pickler):
         key = self._pinned_key(obj)
         if key is not None:
             return _pinned_object, (key,)
-        return super().reducer_override(obj)
+        if _cache.by_reference(obj):
+            return NotImplemented
+        reduced = super().reducer_override(obj)
+        if reduced is NotImplemented and isinstance(obj, (type, types.FunctionType)):
+            _cache.note_by_reference(obj)
+        return reduced
 
 
 class _PersistentPickler(_Pickler):
