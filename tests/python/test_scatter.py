@@ -118,6 +118,38 @@ def test_task_pickles_carry_pinned_objects_of_every_type_by_key(idle_client):
         session.release()
 
 
+def test_functions_go_by_value_once_their_module_is_registered_so():
+    """The pickler remembers what cloudpickle pickles by reference, but not past a
+    ``register_pickle_by_value``."""
+    import pickle
+    import sys
+    import types
+
+    import cloudpickle
+    from stockade._scatter import ObjectSession
+
+    name = "stockade_test_by_value"
+    module = types.ModuleType(name)
+    exec("def answer():\n    return 41\n\nclass Box:\n    pass\n", module.__dict__)
+    sys.modules[name] = module
+    session = ObjectSession(None, auto_threshold=None)
+    try:
+        for _ in range(2):  # the second time from the cache
+            by_reference, _ = session.dumps((module.answer, module.Box))
+            assert pickle.loads(by_reference) == (module.answer, module.Box)
+        cloudpickle.register_pickle_by_value(module)
+        try:
+            by_value, _ = session.dumps((module.answer, module.Box))
+        finally:
+            cloudpickle.unregister_pickle_by_value(module)
+    finally:
+        del sys.modules[name]
+    answer, box = pickle.loads(by_value)  # the module is gone: only by value loads
+    assert answer() == 41 and box.__name__ == "Box"
+    with pytest.raises(ModuleNotFoundError):
+        pickle.loads(by_reference)
+
+
 def test_large_arrays_are_scattered_automatically_once(idle_client):
     big = np.ones((512, 1024))  # 4 MiB: over the 1 MiB default
     with parallel_backend("stockade", client=idle_client):
