@@ -2,7 +2,9 @@
 //!
 //! Each tenant has its own warm children (never two tenants in one child), started with
 //! the configured interpreter running the embedded `child.py`. A child is reused across
-//! tasks and recycled after `max_tasks_per_child`. A child that dies mid-task fails that
+//! tasks and recycled after `max_tasks_per_child`: its replacement starts in the
+//! background while it goes on serving, so recycling costs no task a cold start. A
+//! child that dies mid-task fails that
 //! attempt with [`ErrorKind::WorkerLost`], so the scheduler requeues it as it would for a
 //! lost worker; the worker itself lives on. Dropping a task's future (cancellation)
 //! kills the child running it. The worker never unpickles: it moves bytes.
@@ -16,6 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -108,6 +111,16 @@ struct PyChild {
     tasks: u32,
     /// Objects whose location this child was told.
     known: HashSet<ObjectKey>,
+    /// Set once the child reached its task limit; becomes true when its replacement is
+    /// in the pool (or failed to start), and the child is then let go.
+    successor: Option<Arc<AtomicBool>>,
+}
+
+impl PyChild {
+    /// Whether this child is to be let go (its replacement is ready).
+    fn retired(&self) -> bool {
+        self.successor.as_ref().is_some_and(|ready| ready.load(Ordering::Acquire))
+    }
 }
 
 /// What a request tells the child about pinned objects, before the task (JSON).
@@ -155,7 +168,7 @@ impl PyChild {
         let hello: ChildHello = serde_json::from_slice(&frame).map_err(|e| hello_err(format!("bad hello: {e}")))?;
         tracing::debug!(pid = hello.pid, python = %hello.python, cloudpickle = %hello.cloudpickle, "python child started");
         let statm = std::fs::File::open(format!("/proc/{}/statm", hello.pid)).ok();
-        Ok(Self { process, stdin, stdout, hello, statm, tasks: 0, known: HashSet::new() })
+        Ok(Self { process, stdin, stdout, hello, statm, tasks: 0, known: HashSet::new(), successor: None })
     }
 
     /// The update that tells this child about `pins` it has not seen and makes it drop
@@ -342,21 +355,63 @@ impl PythonExecutor {
         self.idle.lock().ok()?.get_mut(tenant)?.pop()
     }
 
-    fn give_back(&self, tenant: String, child: PyChild) {
-        // Dropping a child kills it; the next task of the tenant starts a fresh one.
-        if child.tasks >= self.config.max_tasks_per_child {
-            tracing::debug!(pid = child.hello.pid, tasks = child.tasks, "recycling python child after its task limit");
+    fn give_back(&self, tenant: String, mut child: PyChild) {
+        // Dropping a child kills it.
+        if child.retired() {
+            tracing::debug!(pid = child.hello.pid, tasks = child.tasks, "recycled python child after its task limit");
             return;
         }
-        if let (Some(limit), Some(rss)) = (self.config.max_child_memory, child.resident_bytes()) {
-            if rss > limit {
+        if let Some(limit) = self.config.max_child_memory {
+            // Read only with a limit: it costs a system call per task.
+            if let Some(rss) = child.resident_bytes().filter(|rss| *rss > limit) {
+                // At once: the next task of the tenant starts a fresh child.
                 tracing::info!(pid = child.hello.pid, rss, limit, "recycling python child over its memory limit");
                 return;
             }
         }
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.entry(tenant).or_default().push(child);
+        if child.tasks >= self.config.max_tasks_per_child && child.successor.is_none() {
+            let ready = Arc::new(AtomicBool::new(false));
+            child.successor = Some(ready.clone());
+            self.start_successor(tenant.clone(), ready);
         }
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.entry(tenant.clone()).or_default().push(child);
+        }
+        self.prune(&tenant);
+    }
+
+    /// Starts the replacement of a child at its task limit; the child serves on until
+    /// the replacement is in the pool. If it cannot start, the child is let go anyway
+    /// and the next task starts one itself (and reports why it cannot).
+    fn start_successor(&self, tenant: String, ready: Arc<AtomicBool>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let fresh = PyChild::spawn(&this.config).await;
+            ready.store(true, Ordering::Release);
+            match fresh {
+                Ok(child) => this.give_back(tenant, child),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not start the replacement of a python child");
+                    this.prune(&tenant);
+                }
+            }
+        });
+    }
+
+    /// Lets go of the tenant's idle children that are retired.
+    fn prune(&self, tenant: &str) {
+        let retired: Vec<PyChild> = match self.idle.lock() {
+            Ok(mut idle) => match idle.get_mut(tenant) {
+                Some(list) if list.iter().any(PyChild::retired) => {
+                    let (retired, serving) = list.drain(..).partition(PyChild::retired);
+                    *list = serving;
+                    retired
+                }
+                _ => Vec::new(),
+            },
+            Err(_) => Vec::new(),
+        };
+        drop(retired); // outside the lock: dropping kills
     }
 
     /// Number of idle children of a tenant (for tests and status).
