@@ -56,6 +56,20 @@ def test_submit_lambda_and_closure(idle_client):
     assert idle_client.submit(closure, 5).result(RESULT_TIMEOUT) == 105
 
 
+def test_results_only_cloudpickle_can_pickle_come_back(idle_client):
+    """Children pickle results with plain pickle when it can, cloudpickle otherwise."""
+
+    class Local:
+        def __init__(self, n):
+            self.n = n
+
+    def make():
+        return [Local(3), lambda x: x + 1, 7]
+
+    local, inc, seven = idle_client.submit(make).result(RESULT_TIMEOUT)
+    assert (type(local).__name__, local.n, inc(1), seven) == ("Local", 3, 2, 7)
+
+
 def test_tasks_run_in_the_workers_python_children(cluster, idle_client):
     futures = [idle_client.submit(task_identity, i) for i in range(6)]
     results = [f.result(RESULT_TIMEOUT) for f in futures]
