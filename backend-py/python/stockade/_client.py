@@ -298,8 +298,8 @@ class Client:
                      callback: Callable[[BatchTask], Any] | None) -> BatchTask:
         """Submits a joblib batch (a zero-argument callable) as one task; ``callback``
         gets the :class:`BatchTask` when it ends (see :meth:`cancel_owned`)."""
-        payload, needs = objects.dumps(batch)
         self._check_usable()
+        payload, needs = objects.dumps(batch)
         task = BatchTask(owner, callback)
         # Hold the lock so that no completion arrives before its task is known.
         with self._lock:
