@@ -240,7 +240,8 @@ struct NativeClient {
 }
 
 impl NativeClient {
-    /// A Python task: `header` followed by `pickled`, completing into the queue.
+    /// A Python task for [`NativeClient::submit_many`]: `header` followed by `pickled`,
+    /// completing into the queue.
     fn python_task(&self, header: &[u8], pickled: &[u8], needs: &[Vec<u8>]) -> PyResult<(NewTask, Completion)> {
         let mut payload = Vec::with_capacity(header.len() + pickled.len());
         payload.extend_from_slice(header);
@@ -300,15 +301,6 @@ impl NativeClient {
             })
             .collect::<PyResult<Vec<_>>>()?;
         self.client.submit_with(tasks).map_err(|e| PyConnectionError::new_err(e.to_string()))
-    }
-
-    /// Submits one pickled zero-argument callable (as [`NativeClient::submit_many`]
-    /// does); returns its task id.
-    #[pyo3(signature = (payload, header=None, needs=Vec::new()))]
-    fn submit_one(&self, payload: &[u8], header: Option<&[u8]>, needs: Vec<Vec<u8>>) -> PyResult<u64> {
-        let task = self.python_task(header.unwrap_or_default(), payload, &needs)?;
-        let ids = self.client.submit_with(vec![task]).map_err(|e| PyConnectionError::new_err(e.to_string()))?;
-        ids.first().copied().ok_or_else(|| PyRuntimeError::new_err("no task id"))
     }
 
     /// Submits one WebAssembly task: `task` of the pinned module `module` on `input`

@@ -159,7 +159,7 @@ class BatchTask:
     aborted batch ends without calling back.
     """
 
-    __slots__ = ("owner", "callback", "aborted", "wasm", "_ids", "_parts", "_left", "_ok", "_value")
+    __slots__ = ("owner", "callback", "aborted", "wasm", "_ids", "_parts", "_ok", "_value")
 
     def __init__(self, owner: object, callback: Callable[["BatchTask"], Any] | None, wasm: bool = False):
         self.owner = owner
@@ -167,13 +167,9 @@ class BatchTask:
         self.aborted = False
         self.wasm = wasm
         self._ids: list[int] = []
-        self._parts: dict[int, tuple[bool, Any]] | None = None
-        self._left = 0
+        self._parts: dict[int, tuple[bool, Any]] = {}
         self._ok = True
         self._value: Any = None
-
-    def done(self) -> bool:
-        return self._left == 0 and bool(self._ids)
 
     def result(self) -> Any:
         """The batch's result (a list per call for WebAssembly batches), or raises its
@@ -185,22 +181,18 @@ class BatchTask:
     def _track(self, ids: list[int]) -> None:
         """Called by the client, under its lock, once the tasks are submitted."""
         self._ids = ids
-        self._left = len(ids)
-        if self.wasm or len(ids) > 1:
-            self._parts = {}
 
     def _complete(self, task_id: int, ok: bool, value: Any) -> None:
         parts = self._parts
-        if parts is not None:
-            parts[task_id] = (ok, value)
-            self._left -= 1
-            if self._left > 0:
-                return
-            outcomes = [parts[i] for i in self._ids]
-            failed = next((v for good, v in outcomes if not good), None)
-            ok, value = (True, [v for _, v in outcomes]) if failed is None else (False, failed)
-            self._parts = None
-        self._ok, self._value, self._left = ok, value, 0
+        parts[task_id] = (ok, value)
+        if len(parts) < len(self._ids):
+            return
+        outcomes = [parts[i] for i in self._ids]
+        failed = [v for good, v in outcomes if not good]
+        if failed:
+            self._ok, self._value = False, failed[0]
+        else:
+            self._value = [v for _, v in outcomes] if self.wasm else outcomes[0][1]
         if self.callback is not None and not self.aborted:
             try:
                 self.callback(self)
@@ -303,9 +295,9 @@ class Client:
         task = BatchTask(owner, callback)
         # Hold the lock so that no completion arrives before its task is known.
         with self._lock:
-            task_id = self._native.submit_one(payload, _VERSION_HEADER, needs)
-            task._track([task_id])
-            self._futures[task_id] = task
+            ids = self._native.submit_many([payload], _VERSION_HEADER, [needs])
+            task._track(ids)
+            self._futures[ids[0]] = task
         return task
 
     def submit_wasm_batch(self, calls: list, owner: object, callback: Callable[[BatchTask], Any] | None) -> BatchTask:

@@ -22,10 +22,6 @@ class Client:
         ``needs`` lists per payload the keys of the pinned objects it refers to.
         Returns their task ids in order."""
 
-    def submit_one(self, payload: bytes, header: bytes | None = None, needs: list[bytes] = ...) -> int:
-        """Submits one pickled zero-argument callable, as ``submit_many`` does; returns
-        its task id."""
-
     def scatter(
         self, pickle: bytes, buffers: list[tuple[memoryview, str, list[int]]], timeout: float = 600.0
     ) -> tuple[bytes, int, int]:
