@@ -4,9 +4,8 @@
 //! the configured interpreter running the embedded `child.py`. A child is reused across
 //! tasks and recycled after `max_tasks_per_child`: its replacement starts in the
 //! background while it goes on serving, so recycling costs no task a cold start. A
-//! child that dies mid-task fails that
-//! attempt with [`ErrorKind::WorkerLost`], so the scheduler requeues it as it would for a
-//! lost worker; the worker itself lives on. Dropping a task's future (cancellation)
+//! child that dies mid-task fails that attempt with [`ErrorKind::WorkerLost`], so the
+//! scheduler requeues it as it would for a lost worker; the worker itself lives on. Dropping a task's future (cancellation)
 //! kills the child running it. The worker never unpickles: it moves bytes.
 //!
 //! Pinned objects reach a child as file locations: with a task that needs them, the
@@ -375,30 +374,29 @@ impl PythonExecutor {
             self.start_successor(tenant.clone(), ready);
         }
         if let Ok(mut idle) = self.idle.lock() {
-            idle.entry(tenant.clone()).or_default().push(child);
+            idle.entry(tenant).or_default().push(child);
         }
-        self.prune(&tenant);
     }
 
     /// Starts the replacement of a child at its task limit; the child serves on until
-    /// the replacement is in the pool. If it cannot start, the child is let go anyway
-    /// and the next task starts one itself (and reports why it cannot).
+    /// the replacement is in the pool, then goes: at once if idle, else when its task
+    /// ends (see [`Self::give_back`]). If the replacement cannot start, the child goes
+    /// anyway and the next task starts one itself (and reports why it cannot).
     fn start_successor(&self, tenant: String, ready: Arc<AtomicBool>) {
         let this = self.clone();
         tokio::spawn(async move {
             let fresh = PyChild::spawn(&this.config).await;
             ready.store(true, Ordering::Release);
             match fresh {
-                Ok(child) => this.give_back(tenant, child),
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not start the replacement of a python child");
-                    this.prune(&tenant);
-                }
+                Ok(child) => this.give_back(tenant.clone(), child),
+                Err(e) => tracing::warn!(error = %e, "could not start the replacement of a python child"),
             }
+            this.prune(&tenant);
         });
     }
 
-    /// Lets go of the tenant's idle children that are retired.
+    /// Lets go of the tenant's idle children that are retired (only replaced children
+    /// retire, so only [`Self::start_successor`] calls this).
     fn prune(&self, tenant: &str) {
         let retired: Vec<PyChild> = match self.idle.lock() {
             Ok(mut idle) => match idle.get_mut(tenant) {
