@@ -180,3 +180,186 @@ async fn children_are_recycled_over_their_memory_limit() {
     assert_ne!(p[0], p[1]);
     client.close().await;
 }
+
+// -- pipelining: an attempt started behind another, on the executor itself -----------
+
+/// cloudpickle of the function `f` that `source` defines (in `__main__`: by value).
+fn pickle_fn(py: &str, source: &str) -> Vec<u8> {
+    let code = format!("import cloudpickle, sys, os\n{source}\nsys.stdout.buffer.write(cloudpickle.dumps(f))");
+    let out = Command::new(py).args(["-c", &code]).output().expect("python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// A task that creates the file `MARKER`, then waits (bounded) until a request is
+/// waiting in its child's request pipe and returns `(pid, whether one came)`.
+const WAIT_FOR_NEXT_REQUEST: &str = r#"
+def f():
+    import array, fcntl, stat, termios, time
+    open(MARKER, "w").close()
+    def request_pipe(fd):
+        try:
+            st = os.fstat(fd)
+            return stat.S_ISFIFO(st.st_mode) and (fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE) == os.O_RDONLY
+        except OSError:
+            return False
+    pipes = [fd for fd in map(int, os.listdir("/proc/self/fd")) if request_pipe(fd)]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for fd in pipes:
+            waiting = array.array("i", [0])
+            fcntl.ioctl(fd, termios.FIONREAD, waiting)
+            if waiting[0] > 0:
+                return (os.getpid(), True)
+        time.sleep(0.001)
+    return (os.getpid(), False)
+"#;
+
+mod pipelining {
+    use super::*;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    use stockade::proto::{Assignment, AttemptResult};
+    use stockade::sandbox::python::{PythonConfig, PythonExecutor};
+    use stockade::worker::executor::{Executor, OutcomeFuture, Report};
+    use tokio::sync::mpsc;
+
+    fn task(attempt: u64, payload: Vec<u8>) -> Assignment {
+        Assignment { attempt, tenant: "t".into(), kind: TaskKind::Python, payload, needs: vec![] }
+    }
+
+    fn executor(py: &str) -> PythonExecutor {
+        PythonExecutor::new(PythonConfig { python: py.into(), ..PythonConfig::default() })
+    }
+
+    /// Polls a run once, as the worker does when it starts an attempt: a warm child
+    /// gets the request before the call returns.
+    fn start(executor: &PythonExecutor, assignment: Assignment) -> OutcomeFuture {
+        let mut run = executor.run(assignment, vec![]);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(run.as_mut().poll(&mut cx), Poll::Pending), "the task cannot have ended yet");
+        run
+    }
+
+    /// Starts `assignment` behind attempt `behind`; its report comes on the receiver.
+    fn behind(
+        executor: &PythonExecutor,
+        assignment: Assignment,
+        behind: u64,
+    ) -> (Pin<Box<dyn Future<Output = ()> + Send>>, mpsc::UnboundedReceiver<AttemptResult>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let report: Report = Box::new(move |result| {
+            let _ = tx.send(result);
+        });
+        (executor.run_behind(assignment, vec![], behind, report), rx)
+    }
+
+    async fn pid_of(py: &str, run: OutcomeFuture) -> String {
+        let Outcome::Ok(bytes) = bounded("python task", run).await else { panic!("no result") };
+        inspect(py, &bytes, "x")
+    }
+
+    /// A warm child's pid.
+    async fn warm_up(py: &str, executor: &PythonExecutor) -> String {
+        pid_of(py, executor.run(task(100, pickle(py, "lambda: os.getpid()")), vec![])).await
+    }
+
+    /// The leader task of these tests: it announces that it runs by creating a file,
+    /// so that the follower's request comes while it runs (not with its own, which the
+    /// child's buffered read would take in one go).
+    struct Leader {
+        marker: std::path::PathBuf,
+        payload: Vec<u8>,
+    }
+
+    impl Leader {
+        fn new(py: &str, name: &str) -> Self {
+            let marker = std::env::temp_dir().join(format!("stockade-leader-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_file(&marker);
+            let source = format!("MARKER = {:?}\n{WAIT_FOR_NEXT_REQUEST}", marker.display().to_string());
+            Self { payload: pickle_fn(py, &source), marker }
+        }
+
+        /// Starts it and waits until it runs.
+        async fn start(&self, executor: &PythonExecutor) -> OutcomeFuture {
+            let mut run = start(executor, task(1, self.payload.clone()));
+            let mut cx = Context::from_waker(Waker::noop());
+            bounded("the leader's start", async {
+                while !self.marker.exists() {
+                    assert!(run.as_mut().poll(&mut cx).is_pending(), "the leader ended early");
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+            let _ = std::fs::remove_file(&self.marker);
+            run
+        }
+    }
+
+    async fn result_of(what: &str, mut rx: mpsc::UnboundedReceiver<AttemptResult>) -> Outcome {
+        bounded(what, rx.recv()).await.expect("reported").outcome
+    }
+
+    #[tokio::test]
+    async fn a_task_started_behind_another_waits_in_its_childs_pipe_and_runs_in_that_child() {
+        let py = python();
+        let executor = executor(&py);
+        let warm = warm_up(&py, &executor).await;
+        let leader = Leader::new(&py, "queued").start(&executor).await;
+        let (follower, rx) = behind(&executor, task(2, pickle(&py, "lambda: os.getpid()")), 1);
+        let follower = tokio::spawn(follower);
+        let Outcome::Ok(bytes) = bounded("leader", leader).await else { panic!("the leader failed") };
+        assert_eq!(inspect(&py, &bytes, "x"), format!("({warm}, True)"), "the follower's request was waiting");
+        let Outcome::Ok(bytes) = result_of("follower", rx).await else { panic!("the follower failed") };
+        assert_eq!(inspect(&py, &bytes, "x"), warm, "the follower ran in the same child");
+        bounded("follower's run", follower).await.expect("joined");
+        assert_eq!(executor.idle_children("t"), 1, "no other child was started");
+    }
+
+    #[tokio::test]
+    async fn when_the_leaders_child_dies_the_follower_runs_in_a_new_one() {
+        let py = python();
+        let executor = executor(&py);
+        let warm = warm_up(&py, &executor).await;
+        let leader = start(&executor, task(1, pickle(&py, "lambda: os._exit(3)")));
+        let (follower, rx) = behind(&executor, task(2, pickle(&py, "lambda: os.getpid()")), 1);
+        let follower = tokio::spawn(follower);
+        let e = task_error(bounded("leader", leader).await, ErrorKind::WorkerLost);
+        assert!(e.message.contains("exit status 3"), "{}", e.message);
+        let Outcome::Ok(bytes) = result_of("follower", rx).await else { panic!("the follower was lost") };
+        assert_ne!(inspect(&py, &bytes, "x"), warm);
+        bounded("follower's run", follower).await.expect("joined");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_follower_leaves_the_leaders_result_and_its_child_is_let_go() {
+        let py = python();
+        let executor = executor(&py);
+        let warm = warm_up(&py, &executor).await;
+        let leader = Leader::new(&py, "cancelled-follower").start(&executor).await;
+        let (follower, mut rx) = behind(&executor, task(2, pickle(&py, "lambda: os.getpid()")), 1);
+        drop(follower); // cancelled, with its request in the child's pipe
+        let Outcome::Ok(bytes) = bounded("leader", leader).await else { panic!("the leader failed") };
+        assert_eq!(inspect(&py, &bytes, "x"), format!("({warm}, True)"));
+        let report = rx.try_recv();
+        assert!(matches!(report, Err(mpsc::error::TryRecvError::Disconnected)), "a cancelled attempt reports nothing");
+        assert_eq!(executor.idle_children("t"), 0, "the child holding a cancelled request went");
+        assert_ne!(pid_of(&py, executor.run(task(3, pickle(&py, "lambda: os.getpid()")), vec![])).await, warm);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_leader_leaves_the_follower_to_run_in_a_new_child() {
+        let py = python();
+        let executor = executor(&py);
+        let warm = warm_up(&py, &executor).await;
+        let leader = start(&executor, task(1, pickle(&py, "lambda: __import__('time').sleep(60)")));
+        let (follower, rx) = behind(&executor, task(2, pickle(&py, "lambda: os.getpid()")), 1);
+        let follower = tokio::spawn(follower);
+        drop(leader); // cancelled: its child is killed, with the follower's request
+        let Outcome::Ok(bytes) = result_of("follower", rx).await else { panic!("the follower was lost") };
+        assert_ne!(inspect(&py, &bytes, "x"), warm);
+        bounded("follower's run", follower).await.expect("joined");
+    }
+}

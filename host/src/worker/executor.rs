@@ -53,6 +53,21 @@ pub trait Executor: Send + Sync + 'static {
         one_by_one(self, members, skips, report)
     }
 
+    /// Runs one attempt that the worker pipelined behind the running attempt `behind`
+    /// ([`WorkerAction::StartBehind`](super::state::WorkerAction::StartBehind)), calling
+    /// `report` when it ends, with its own run time (from when it could start). Aborting
+    /// the future stops it. The default runs it at once, as [`run`](Self::run) would;
+    /// the Python executor queues it in the child running `behind`.
+    fn run_behind(
+        &self,
+        assignment: Assignment,
+        pins: Vec<SharedPinned>,
+        _behind: AttemptId,
+        report: Report,
+    ) -> RunFuture {
+        one_by_one(self, vec![(assignment, pins)], Arc::default(), report)
+    }
+
     /// The worker now holds `object` for `tenant`: prepare what tasks will derive from
     /// it, so that the first task does not pay for it. Must not block.
     fn prepare(&self, _tenant: &str, _object: &SharedPinned) {}
@@ -147,6 +162,19 @@ impl Executor for Executors {
         match (&self.wasm, members.first().map(|(a, _)| &a.kind)) {
             (Some(wasm), Some(TaskKind::Wasm)) => wasm.run_sequence(members, skips, report),
             _ => one_by_one(self, members, skips, report),
+        }
+    }
+
+    fn run_behind(
+        &self,
+        assignment: Assignment,
+        pins: Vec<SharedPinned>,
+        behind: AttemptId,
+        report: Report,
+    ) -> RunFuture {
+        match assignment.kind {
+            TaskKind::Python => self.python.run_behind(assignment, pins, behind, report),
+            _ => one_by_one(self, vec![(assignment, pins)], Arc::default(), report),
         }
     }
 

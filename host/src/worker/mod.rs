@@ -226,11 +226,22 @@ pub async fn run(
                                 }
                             }
                             if !members.is_empty() {
-                                let tx = tx.clone();
-                                let report: Report = Box::new(move |result| {
-                                    let _ = tx.send(Input::Completed(result));
-                                });
-                                tokio::spawn(options.executor.run_sequence(members, skips, report));
+                                tokio::spawn(options.executor.run_sequence(members, skips, reporter(&tx)));
+                            }
+                        }
+                        WorkerAction::StartBehind { assignment, behind } => {
+                            let attempt = assignment.attempt;
+                            match lock(&table).resolve(&assignment.tenant, &assignment.needs) {
+                                Ok(pins) => {
+                                    let run = options.executor.run_behind(assignment, pins, behind, reporter(&tx));
+                                    let span = tracing::debug_span!("attempt", attempt, behind);
+                                    running.insert(attempt, tokio::spawn(run.instrument(span)));
+                                }
+                                Err(e) => {
+                                    let result = AttemptResult { attempt, outcome: Outcome::Err(e), run_micros: 0 };
+                                    state.handle(WorkerEvent::Completed(result));
+                                    pending_actions.extend(state.take_actions());
+                                }
                             }
                         }
                         WorkerAction::Abort(attempt) => {
@@ -339,6 +350,14 @@ impl Uplink {
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         }
     }
+}
+
+/// Where an executor reports attempts it ends itself: into the worker's core loop.
+fn reporter(tx: &mpsc::UnboundedSender<Input>) -> Report {
+    let tx = tx.clone();
+    Box::new(move |result| {
+        let _ = tx.send(Input::Completed(result));
+    })
 }
 
 fn lock(table: &Mutex<PinTable>) -> std::sync::MutexGuard<'_, PinTable> {

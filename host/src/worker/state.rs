@@ -9,6 +9,14 @@
 //! sandbox call rather than a hand-off between threads and a message of its own. A run
 //! holds about [`RUN_BUDGET_MICROS`] of work by the measured task time, so an attempt
 //! waits at most that long behind the others of its run; long tasks run one by one.
+//!
+//! Short Python tasks are *pipelined*: when every slot is busy, the next waiting Python
+//! attempt starts behind a running one of the same tenant ([`WorkerAction::StartBehind`]),
+//! so that its request is already in that child's pipe when the child finishes, and the
+//! child goes on without sleeping. A pipelined attempt takes no slot of its own; it
+//! inherits its leader's slot when the leader ends. At most one attempt follows each
+//! running one, and only while the measured Python task time is under
+//! [`PIPELINE_MAX_MICROS`].
 
 use std::collections::{HashMap, VecDeque};
 
@@ -19,6 +27,11 @@ pub const RUN_BUDGET_MICROS: f64 = 2_000.0;
 
 /// The most attempts in one run.
 pub const MAX_RUN: usize = 256;
+
+/// Python attempts are pipelined only while their mean run time is under this: a
+/// pipelined attempt waits for its leader even if another slot frees first, and
+/// cancelling it costs its child.
+pub const PIPELINE_MAX_MICROS: f64 = 2_000.0;
 
 /// Weight of the newest sample in the task-time estimate.
 const ESTIMATE_WEIGHT: f64 = 0.2;
@@ -41,6 +54,14 @@ pub enum WorkerAction {
     Start(Assignment),
     /// Run these attempts back to back on one thread, in order (see [`runs_back_to_back`]).
     StartRun(Vec<Assignment>),
+    /// Start an attempt behind the running attempt `behind`, in the same Python child,
+    /// so that it starts the moment `behind` ends (see the module documentation).
+    StartBehind {
+        /// The attempt to start.
+        assignment: Assignment,
+        /// The running attempt it follows.
+        behind: AttemptId,
+    },
     /// Stop a running attempt, or skip it if its run has not reached it (its report is
     /// produced here, not by the executor).
     Abort(AttemptId),
@@ -53,6 +74,36 @@ pub fn runs_back_to_back(kind: &TaskKind) -> bool {
     matches!(kind, TaskKind::Wasm)
 }
 
+/// What follows a running attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Follower {
+    /// Nothing yet: an attempt may start behind it.
+    None,
+    /// This attempt, which inherits the slot.
+    Some(AttemptId),
+    /// An attempt that was cancelled or ended early: none may follow any more.
+    Spent,
+}
+
+/// A running attempt.
+#[derive(Debug)]
+struct Running {
+    /// Its run (attempts started alone have none).
+    run: Option<RunId>,
+    /// The tenant of a Python attempt (only those are pipelined).
+    python_tenant: Option<String>,
+    /// The attempt it was started behind, while that one runs.
+    leader: Option<AttemptId>,
+    follower: Follower,
+}
+
+impl Running {
+    fn new(run: Option<RunId>, assignment: &Assignment) -> Self {
+        let python_tenant = matches!(assignment.kind, TaskKind::Python).then(|| assignment.tenant.clone());
+        Self { run, python_tenant, leader: None, follower: Follower::None }
+    }
+}
+
 /// Slots, waiting and running attempts.
 #[derive(Debug)]
 pub struct WorkerState {
@@ -60,13 +111,15 @@ pub struct WorkerState {
     /// Slots in use: one per single attempt or run.
     busy: usize,
     waiting: VecDeque<Assignment>,
-    /// Running attempts, with their run (attempts started alone have none).
-    running: HashMap<AttemptId, Option<RunId>>,
+    /// Running attempts, pipelined ones included.
+    running: HashMap<AttemptId, Running>,
     /// Attempts of each run not yet ended.
     runs: HashMap<RunId, usize>,
     next_run: RunId,
     /// Mean time of the attempts that ran in runs, in microseconds.
     run_task_micros: Option<f64>,
+    /// Mean time of Python attempts, in microseconds.
+    python_task_micros: Option<f64>,
     actions: Vec<WorkerAction>,
 }
 
@@ -83,6 +136,7 @@ impl WorkerState {
             runs: HashMap::new(),
             next_run: 0,
             run_task_micros: None,
+            python_task_micros: None,
             actions: Vec::new(),
         }
     }
@@ -93,8 +147,8 @@ impl WorkerState {
             WorkerEvent::Assigned(assignments) => self.waiting.extend(assignments),
             WorkerEvent::CancelRequested(attempts) => {
                 for attempt in attempts {
-                    if let Some(run) = self.running.remove(&attempt) {
-                        self.ended(run);
+                    if let Some(running) = self.running.remove(&attempt) {
+                        self.ended(running);
                         self.actions.push(WorkerAction::Abort(attempt));
                         self.actions.push(WorkerAction::Report(cancelled(attempt)));
                     } else if let Some(pos) = self.waiting.iter().position(|a| a.attempt == attempt) {
@@ -104,15 +158,15 @@ impl WorkerState {
                 }
             }
             WorkerEvent::Completed(result) => {
-                if let Some(run) = self.running.remove(&result.attempt) {
-                    if run.is_some() {
-                        let sample = result.run_micros as f64;
-                        self.run_task_micros = Some(match self.run_task_micros {
-                            None => sample,
-                            Some(avg) => avg + ESTIMATE_WEIGHT * (sample - avg),
-                        });
+                if let Some(running) = self.running.remove(&result.attempt) {
+                    let sample = result.run_micros as f64;
+                    if running.run.is_some() {
+                        self.run_task_micros = Some(average(self.run_task_micros, sample));
                     }
-                    self.ended(run);
+                    if running.python_tenant.is_some() {
+                        self.python_task_micros = Some(average(self.python_task_micros, sample));
+                    }
+                    self.ended(running);
                     self.actions.push(WorkerAction::Report(result));
                 }
             }
@@ -123,7 +177,7 @@ impl WorkerState {
             };
             self.busy += 1;
             if !runs_back_to_back(&next.kind) {
-                self.running.insert(next.attempt, None);
+                self.running.insert(next.attempt, Running::new(None, &next));
                 self.actions.push(WorkerAction::Start(next));
                 continue;
             }
@@ -137,10 +191,34 @@ impl WorkerState {
                 }
             }
             for member in &members {
-                self.running.insert(member.attempt, Some(run));
+                self.running.insert(member.attempt, Running::new(Some(run), member));
             }
             self.runs.insert(run, members.len());
             self.actions.push(WorkerAction::StartRun(members));
+        }
+        self.pipeline();
+    }
+
+    /// Starts waiting Python attempts behind running ones of their tenant, in order,
+    /// while Python tasks are short.
+    fn pipeline(&mut self) {
+        if !self.python_task_micros.is_some_and(|avg| avg < PIPELINE_MAX_MICROS) {
+            return;
+        }
+        while let Some(next) = self.waiting.front() {
+            let TaskKind::Python = next.kind else { return };
+            let leader = self.running.iter().find(|(_, r)| {
+                r.leader.is_none() && r.follower == Follower::None && r.python_tenant.as_ref() == Some(&next.tenant)
+            });
+            let Some((&behind, _)) = leader else { return };
+            let Some(next) = self.waiting.pop_front() else { return };
+            let mut running = Running::new(None, &next);
+            running.leader = Some(behind);
+            self.running.insert(next.attempt, running);
+            if let Some(leader) = self.running.get_mut(&behind) {
+                leader.follower = Follower::Some(next.attempt);
+            }
+            self.actions.push(WorkerAction::StartBehind { assignment: next, behind });
         }
     }
 
@@ -152,10 +230,21 @@ impl WorkerState {
         }
     }
 
-    /// A running attempt ended (or was cancelled): its slot frees once nothing of its run
-    /// is left.
-    fn ended(&mut self, run: Option<RunId>) {
-        if let Some(run) = run {
+    /// A running attempt ended (or was cancelled). A pipelined one held no slot; its
+    /// leader takes no other follower. Otherwise the follower inherits the slot, or the
+    /// slot frees once nothing of the attempt's run is left.
+    fn ended(&mut self, ended: Running) {
+        if let Some(leader) = ended.leader.and_then(|leader| self.running.get_mut(&leader)) {
+            leader.follower = Follower::Spent;
+            return;
+        }
+        if let Follower::Some(follower) = ended.follower {
+            if let Some(follower) = self.running.get_mut(&follower) {
+                follower.leader = None;
+                return;
+            }
+        }
+        if let Some(run) = ended.run {
             let Some(left) = self.runs.get_mut(&run) else { return };
             *left -= 1;
             if *left > 0 {
@@ -179,6 +268,14 @@ impl WorkerState {
     /// Slots in use.
     pub fn busy_slots(&self) -> usize {
         self.busy
+    }
+}
+
+/// The estimate `avg` moved toward `sample`.
+fn average(avg: Option<f64>, sample: f64) -> f64 {
+    match avg {
+        None => sample,
+        Some(avg) => avg + ESTIMATE_WEIGHT * (sample - avg),
     }
 }
 
@@ -211,6 +308,25 @@ mod tests {
 
     fn wasm(attempt: AttemptId) -> Assignment {
         Assignment { kind: TaskKind::Wasm, ..a(attempt) }
+    }
+
+    fn py(attempt: AttemptId) -> Assignment {
+        Assignment { kind: TaskKind::Python, ..a(attempt) }
+    }
+
+    fn behind(attempt: AttemptId, leader: AttemptId) -> WorkerAction {
+        WorkerAction::StartBehind { assignment: py(attempt), behind: leader }
+    }
+
+    /// One slot that has measured a short Python task (attempt 1) and runs attempt 2
+    /// with attempt 3 behind it.
+    fn pipelining() -> WorkerState {
+        let mut s = WorkerState::new(1);
+        step(&mut s, WorkerEvent::Assigned(vec![py(1), py(2), py(3)]));
+        let acts = step(&mut s, WorkerEvent::Completed(took(1, 50)));
+        assert_eq!(acts, vec![WorkerAction::Report(took(1, 50)), WorkerAction::Start(py(2)), behind(3, 2)]);
+        assert_eq!((s.running(), s.busy_slots()), (2, 1));
+        s
     }
 
     fn done(attempt: AttemptId) -> AttemptResult {
@@ -308,5 +424,76 @@ mod tests {
         let acts = step(&mut s, WorkerEvent::CancelRequested(vec![3]));
         assert_eq!(acts, vec![WorkerAction::Abort(3), WorkerAction::Report(cancelled(3)), WorkerAction::Start(a(4))]);
         assert_eq!((s.running(), s.busy_slots()), (1, 1));
+    }
+
+    #[test]
+    fn short_python_tasks_start_behind_running_ones_and_inherit_their_slot() {
+        let mut s = WorkerState::new(1);
+        // No estimate yet: nothing is pipelined.
+        let acts = step(&mut s, WorkerEvent::Assigned(vec![py(1), py(2)]));
+        assert_eq!(acts, vec![WorkerAction::Start(py(1))]);
+        let mut s = pipelining();
+        // One follower per running attempt.
+        assert!(step(&mut s, WorkerEvent::Assigned(vec![py(4)])).is_empty());
+        // 3 inherits the slot and 4 starts behind it.
+        let acts = step(&mut s, WorkerEvent::Completed(took(2, 50)));
+        assert_eq!(acts, vec![WorkerAction::Report(took(2, 50)), behind(4, 3)]);
+        assert_eq!((s.running(), s.busy_slots()), (2, 1));
+        step(&mut s, WorkerEvent::Completed(took(3, 50)));
+        step(&mut s, WorkerEvent::Completed(took(4, 50)));
+        assert_eq!((s.running(), s.busy_slots()), (0, 0));
+    }
+
+    #[test]
+    fn long_python_tasks_other_tenants_and_other_kinds_are_not_pipelined() {
+        let mut s = WorkerState::new(1);
+        step(&mut s, WorkerEvent::Assigned(vec![py(1), py(2), py(3)]));
+        let acts = step(&mut s, WorkerEvent::Completed(took(1, 1_000_000)));
+        assert_eq!(acts, vec![WorkerAction::Report(took(1, 1_000_000)), WorkerAction::Start(py(2))]);
+        let mut s = pipelining();
+        let other = Assignment { tenant: "u".into(), ..py(5) };
+        step(&mut s, WorkerEvent::Completed(took(2, 50)));
+        // 3 runs alone now; the other tenant's attempt and a built-in wait for the slot.
+        assert!(step(&mut s, WorkerEvent::Assigned(vec![other.clone(), py(6)])).is_empty());
+        let acts = step(&mut s, WorkerEvent::Completed(took(3, 50)));
+        assert_eq!(acts, vec![WorkerAction::Report(took(3, 50)), WorkerAction::Start(other)]);
+        let mut s = pipelining();
+        step(&mut s, WorkerEvent::Completed(took(2, 50)));
+        assert!(step(&mut s, WorkerEvent::Assigned(vec![a(7), py(8)])).is_empty());
+    }
+
+    #[test]
+    fn cancelling_a_pipelined_attempt_leaves_its_leader_the_slot_and_no_follower() {
+        let mut s = pipelining();
+        let acts = step(&mut s, WorkerEvent::CancelRequested(vec![3]));
+        assert_eq!(acts, vec![WorkerAction::Abort(3), WorkerAction::Report(cancelled(3))]);
+        assert_eq!((s.running(), s.busy_slots()), (1, 1));
+        // Its child still holds the cancelled request: nothing more goes behind 2.
+        assert!(step(&mut s, WorkerEvent::Assigned(vec![py(4)])).is_empty());
+        let acts = step(&mut s, WorkerEvent::Completed(took(2, 50)));
+        assert_eq!(acts, vec![WorkerAction::Report(took(2, 50)), WorkerAction::Start(py(4))]);
+        assert_eq!((s.running(), s.busy_slots()), (1, 1));
+    }
+
+    #[test]
+    fn cancelling_a_leader_passes_its_slot_to_the_follower() {
+        let mut s = pipelining();
+        let acts = step(&mut s, WorkerEvent::CancelRequested(vec![2]));
+        assert_eq!(acts, vec![WorkerAction::Abort(2), WorkerAction::Report(cancelled(2))]);
+        assert_eq!((s.running(), s.busy_slots()), (1, 1));
+        let acts = step(&mut s, WorkerEvent::Completed(took(3, 50)));
+        assert_eq!(acts, vec![WorkerAction::Report(took(3, 50))]);
+        assert_eq!((s.running(), s.busy_slots()), (0, 0));
+    }
+
+    #[test]
+    fn a_follower_that_ends_before_its_leader_frees_no_slot() {
+        // The executor reruns a follower elsewhere when its leader's child dies.
+        let mut s = pipelining();
+        assert_eq!(step(&mut s, WorkerEvent::Completed(took(3, 50))), vec![WorkerAction::Report(took(3, 50))]);
+        assert_eq!((s.running(), s.busy_slots()), (1, 1));
+        assert!(step(&mut s, WorkerEvent::Assigned(vec![py(4)])).is_empty());
+        let acts = step(&mut s, WorkerEvent::Completed(took(2, 50)));
+        assert_eq!(acts, vec![WorkerAction::Report(took(2, 50)), WorkerAction::Start(py(4))]);
     }
 }

@@ -5,8 +5,17 @@
 //! tasks and recycled after `max_tasks_per_child`: its replacement starts in the
 //! background while it goes on serving, so recycling costs no task a cold start. A
 //! child that dies mid-task fails that attempt with [`ErrorKind::WorkerLost`], so the
-//! scheduler requeues it as it would for a lost worker; the worker itself lives on. Dropping a task's future (cancellation)
-//! kills the child running it. The worker never unpickles: it moves bytes.
+//! scheduler requeues it as it would for a lost worker; the worker itself lives on.
+//! Dropping a task's future (cancellation) kills the child running it. The worker never
+//! unpickles: it moves bytes.
+//!
+//! Pipelining: an attempt the worker starts behind a running one
+//! ([`Executor::run_behind`]) writes its request into that attempt's child at once; the
+//! child reads it the moment it has answered, without sleeping in between, and the
+//! attempt then takes the child over and reads its own answer. If the leader's child dies
+//! or the leader is cancelled first, the request was lost with the child and the attempt
+//! runs on another child; if the follower is cancelled first, its request cannot be taken
+//! back, so the child is let go once the leader's answer is in.
 //!
 //! Pinned objects reach a child as file locations: with a task that needs them, the
 //! worker tells the child (once per child) where each object's file is and where its
@@ -18,14 +27,16 @@
 use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::proto::{Assignment, ErrorKind, ObjectKey, Outcome, TaskError, DEFAULT_MAX_FRAME};
+use crate::proto::{Assignment, AttemptId, AttemptResult, ErrorKind, ObjectKey, Outcome, TaskError, DEFAULT_MAX_FRAME};
 use crate::store::SharedPinned;
-use crate::worker::executor::{failed, Executor, OutcomeFuture};
+use crate::worker::executor::{failed, Executor, OutcomeFuture, Report, RunFuture};
 
 /// The child's source, run with `python -c`.
 const CHILD_SOURCE: &str = include_str!("child.py");
@@ -101,15 +112,14 @@ enum ChildError {
 
 struct PyChild {
     process: Child,
-    stdin: ChildStdin,
+    /// Where requests go (shared with the attempts queued in this child).
+    input: Arc<ChildInput>,
     /// Buffered: a small answer's length and body come in one read.
     stdout: BufReader<ChildStdout>,
     hello: ChildHello,
     /// `/proc/PID/statm`, opened once and read again for each memory check (Linux).
     statm: Option<std::fs::File>,
     tasks: u32,
-    /// Objects whose location this child was told.
-    known: HashSet<ObjectKey>,
     /// Set once the child reached its task limit; becomes true when its replacement is
     /// in the pool (or failed to start), and the child is then let go.
     successor: Option<Arc<AtomicBool>>,
@@ -120,6 +130,100 @@ impl PyChild {
     fn retired(&self) -> bool {
         self.successor.as_ref().is_some_and(|ready| ready.load(Ordering::Acquire))
     }
+}
+
+/// The writing side of a child: requests go through a channel to a task that writes
+/// them to the child's stdin in order, so that an attempt queued behind another can put
+/// its request there while the other waits for its answer.
+struct ChildInput {
+    requests: mpsc::UnboundedSender<Request>,
+    /// Objects whose location this child was told.
+    known: Mutex<HashSet<ObjectKey>>,
+    /// Set when the child is to take no more queued attempts (it is over a limit).
+    closed: AtomicBool,
+}
+
+/// One request to a child: length, object update and task.
+struct Request {
+    head: Vec<u8>,
+    payload: Arc<Vec<u8>>,
+}
+
+impl ChildInput {
+    /// Starts the task that writes requests to `stdin`; it ends when the child's pipe
+    /// breaks or the last handle on this input goes.
+    fn start(mut stdin: ChildStdin) -> Self {
+        let (requests, mut rx) = mpsc::unbounded_channel::<Request>();
+        tokio::spawn(async move {
+            while let Some(request) = rx.recv().await {
+                if write_request(&mut stdin, request).await.is_err() {
+                    break; // the reading side finds the child dead
+                }
+            }
+        });
+        Self { requests, known: Mutex::default(), closed: AtomicBool::new(false) }
+    }
+
+    /// Queues a request: the update telling the child about `pins` it has not seen and
+    /// to drop `forget`, then `payload` (none for an update alone). False if the child's
+    /// pipe is gone.
+    fn send(&self, pins: &[SharedPinned], forget: &[ObjectKey], payload: Arc<Vec<u8>>) -> bool {
+        let update = self.update(pins, forget);
+        let (Ok(update_len), Ok(len)) = (u32::try_from(update.len()), u32::try_from(4 + update.len() + payload.len()))
+        else {
+            return false;
+        };
+        let mut head = Vec::with_capacity(8 + update.len());
+        head.extend_from_slice(&len.to_le_bytes());
+        head.extend_from_slice(&update_len.to_le_bytes());
+        head.extend_from_slice(&update);
+        self.requests.send(Request { head, payload }).is_ok()
+    }
+
+    /// The update for [`Self::send`] (JSON, empty when there is nothing to say); notes
+    /// what the child now knows.
+    fn update(&self, pins: &[SharedPinned], forget: &[ObjectKey]) -> Vec<u8> {
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut update = ObjectUpdate::default();
+        for pin in pins {
+            let key = pin.header().key;
+            if let (Some(layout), false) = (pin.layout(), known.contains(&key)) {
+                known.insert(key);
+                let location = ObjectLocation {
+                    path: pin.path().display().to_string(),
+                    pickle: layout.pickle,
+                    buffers: layout.buffers.clone(),
+                };
+                update.pins.insert(hex::encode(key), location);
+            }
+        }
+        for key in forget {
+            if known.remove(key) {
+                update.forget.push(hex::encode(key));
+            }
+        }
+        if update.pins.is_empty() && update.forget.is_empty() {
+            return Vec::new();
+        }
+        serde_json::to_vec(&update).unwrap_or_default()
+    }
+
+    fn knows(&self, key: &ObjectKey) -> bool {
+        self.known.lock().unwrap_or_else(PoisonError::into_inner).contains(key)
+    }
+}
+
+/// Writes one request; a small one in one write, so that the child wakes once.
+async fn write_request(stdin: &mut ChildStdin, request: Request) -> std::io::Result<()> {
+    let Request { mut head, payload } = request;
+    if payload.len() < 64 * 1024 {
+        head.extend_from_slice(&payload);
+        stdin.write_all(&head).await?;
+    } else {
+        stdin.write_all(&head).await?;
+        stdin.write_all(&payload).await?;
+    }
+    stdin.flush().await
 }
 
 /// What a request tells the child about pinned objects, before the task (JSON).
@@ -167,70 +271,27 @@ impl PyChild {
         let hello: ChildHello = serde_json::from_slice(&frame).map_err(|e| hello_err(format!("bad hello: {e}")))?;
         tracing::debug!(pid = hello.pid, python = %hello.python, cloudpickle = %hello.cloudpickle, "python child started");
         let statm = std::fs::File::open(format!("/proc/{}/statm", hello.pid)).ok();
-        Ok(Self { process, stdin, stdout, hello, statm, tasks: 0, known: HashSet::new(), successor: None })
-    }
-
-    /// The update that tells this child about `pins` it has not seen and makes it drop
-    /// `forget` (JSON, empty when there is nothing to say).
-    fn update(&mut self, pins: &[SharedPinned], forget: &[ObjectKey]) -> Vec<u8> {
-        let mut update = ObjectUpdate::default();
-        for pin in pins {
-            let key = pin.header().key;
-            if let (Some(layout), false) = (pin.layout(), self.known.contains(&key)) {
-                self.known.insert(key);
-                let location = ObjectLocation {
-                    path: pin.path().display().to_string(),
-                    pickle: layout.pickle,
-                    buffers: layout.buffers.clone(),
-                };
-                update.pins.insert(hex::encode(key), location);
-            }
-        }
-        for key in forget {
-            if self.known.remove(key) {
-                update.forget.push(hex::encode(key));
-            }
-        }
-        if update.pins.is_empty() && update.forget.is_empty() {
-            return Vec::new();
-        }
-        serde_json::to_vec(&update).unwrap_or_default()
+        let input = Arc::new(ChildInput::start(stdin));
+        Ok(Self { process, input, stdout, hello, statm, tasks: 0, successor: None })
     }
 
     /// Makes the child drop objects.
     async fn forget(&mut self, keys: &[ObjectKey]) -> Result<(), ChildError> {
-        let update = self.update(&[], keys);
-        if update.is_empty() {
+        if !keys.iter().any(|key| self.input.knows(key)) {
             return Ok(());
         }
-        match self.call(&update, &[]).await? {
+        if !self.input.send(&[], keys, Arc::default()) {
+            return Err(self.died().await);
+        }
+        match self.answer().await? {
             Outcome::Ok(_) => Ok(()),
             Outcome::Err(e) => Err(ChildError::Protocol { pid: self.hello.pid, detail: e.message }),
         }
     }
 
-    /// Sends one request (an object update, then the payload) and reads the answer.
-    async fn call(&mut self, update: &[u8], payload: &[u8]) -> Result<Outcome, ChildError> {
-        let io = async {
-            let too_big = || std::io::Error::other("request over 4 GiB");
-            let update_len = u32::try_from(update.len()).map_err(|_| too_big())?;
-            let len = u32::try_from(4 + update.len() + payload.len()).map_err(|_| too_big())?;
-            let mut head = Vec::with_capacity(8 + update.len() + payload.len().min(64 * 1024));
-            head.extend_from_slice(&len.to_le_bytes());
-            head.extend_from_slice(&update_len.to_le_bytes());
-            head.extend_from_slice(update);
-            if payload.len() < 64 * 1024 {
-                // One write: the child wakes once per task.
-                head.extend_from_slice(payload);
-                self.stdin.write_all(&head).await?;
-            } else {
-                self.stdin.write_all(&head).await?;
-                self.stdin.write_all(payload).await?;
-            }
-            self.stdin.flush().await?;
-            read_frame(&mut self.stdout, DEFAULT_MAX_FRAME).await
-        };
-        let answer = match io.await {
+    /// Reads the answer to the oldest request not yet answered.
+    async fn answer(&mut self) -> Result<Outcome, ChildError> {
+        let answer = match read_frame(&mut self.stdout, DEFAULT_MAX_FRAME).await {
             Ok(answer) => answer,
             Err(_) => return Err(self.died().await),
         };
@@ -306,6 +367,77 @@ async fn read_frame(stdout: &mut BufReader<ChildStdout>, max: usize) -> std::io:
 /// Largest hello a child may send.
 const HELLO_MAX: usize = 64 * 1024;
 
+/// A Python attempt the worker started and that has not ended, as an attempt queued
+/// behind it sees it.
+struct Lane {
+    tenant: String,
+    /// The child its request went to (`None` until it has one).
+    input: Option<Arc<ChildInput>>,
+    /// The attempt queued behind it.
+    follower: Option<Follower>,
+}
+
+struct Follower {
+    handover: oneshot::Sender<Handover>,
+    /// Whether its request is in the child of the attempt it follows.
+    queued: bool,
+}
+
+/// What an attempt passes to its follower when it ends.
+enum Handover {
+    /// The follower's request is in this child: it reads its answer.
+    Child(Box<PyChild>),
+    /// The follower runs on a child of its own.
+    Alone,
+}
+
+/// The lanes of the attempts running now.
+type Lanes = Arc<Mutex<HashMap<AttemptId, Lane>>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every holder updates the maps in one step: a poisoned lock is still consistent.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An attempt's lane, removed when the attempt ends or its future is dropped; a
+/// follower whose handover is dropped unsent runs alone.
+struct LaneGuard {
+    lanes: Lanes,
+    attempt: AttemptId,
+}
+
+impl LaneGuard {
+    /// The attempt has sent its request to the child of `input`.
+    fn set_input(&self, input: &Arc<ChildInput>) {
+        if let Some(lane) = lock(&self.lanes).get_mut(&self.attempt) {
+            lane.input = Some(input.clone());
+        }
+    }
+
+    /// The attempt's request was lost with its child (and so was its follower's).
+    fn lose_input(&self) {
+        if let Some(lane) = lock(&self.lanes).get_mut(&self.attempt) {
+            lane.input = None;
+            if let Some(follower) = &mut lane.follower {
+                follower.queued = false;
+            }
+        }
+    }
+
+    /// The attempt ended: its follower, if any.
+    fn end(self) -> Option<Follower> {
+        lock(&self.lanes).remove(&self.attempt).and_then(|lane| lane.follower)
+        // (Drop then finds nothing to remove.)
+    }
+}
+
+impl Drop for LaneGuard {
+    fn drop(&mut self) {
+        let lane = lock(&self.lanes).remove(&self.attempt);
+        drop(lane); // outside the lock
+    }
+}
+
 /// Warm children per tenant.
 #[derive(Clone)]
 pub struct PythonExecutor {
@@ -313,36 +445,36 @@ pub struct PythonExecutor {
     idle: Arc<Mutex<HashMap<String, Vec<PyChild>>>>,
     /// Objects the worker dropped, per tenant: children that know them forget them.
     dropped: Arc<Mutex<HashMap<String, HashSet<ObjectKey>>>>,
+    lanes: Lanes,
 }
 
 impl PythonExecutor {
     /// An executor with no children yet; they start on first use.
     pub fn new(config: PythonConfig) -> Self {
-        Self { config: Arc::new(config), idle: Arc::default(), dropped: Arc::default() }
+        Self { config: Arc::new(config), idle: Arc::default(), dropped: Arc::default(), lanes: Arc::default() }
     }
 
-    /// Objects of `tenant` that `child` knows and the worker dropped.
-    fn stale(&self, tenant: &str, child: &PyChild) -> Vec<ObjectKey> {
-        let Ok(dropped) = self.dropped.lock() else {
+    /// Objects of `tenant` that the child of `input` knows and the worker dropped.
+    fn stale(&self, tenant: &str, input: &ChildInput) -> Vec<ObjectKey> {
+        let dropped = lock(&self.dropped);
+        let Some(dropped) = dropped.get(tenant).filter(|d| !d.is_empty()) else {
             return Vec::new();
         };
-        dropped.get(tenant).map(|d| child.known.intersection(d).copied().collect()).unwrap_or_default()
+        lock(&input.known).intersection(dropped).copied().collect()
     }
 
     /// Objects in use again are no longer dropped.
     fn revive(&self, tenant: &str, pins: &[SharedPinned]) {
-        if let Ok(mut dropped) = self.dropped.lock() {
-            if let Some(d) = dropped.get_mut(tenant) {
-                for pin in pins {
-                    d.remove(&pin.header().key);
-                }
+        if let Some(d) = lock(&self.dropped).get_mut(tenant) {
+            for pin in pins {
+                d.remove(&pin.header().key);
             }
         }
     }
 
     /// Makes a child forget dropped objects, then returns it to the pool.
     async fn settle(&self, tenant: String, mut child: PyChild) {
-        let stale = self.stale(&tenant, &child);
+        let stale = self.stale(&tenant, &child.input);
         if let Err(e) = child.forget(&stale).await {
             tracing::warn!(error = %e, "python child failed while dropping objects");
             return;
@@ -351,36 +483,43 @@ impl PythonExecutor {
     }
 
     fn take_idle(&self, tenant: &str) -> Option<PyChild> {
-        self.idle.lock().ok()?.get_mut(tenant)?.pop()
+        lock(&self.idle).get_mut(tenant)?.pop()
     }
 
-    fn give_back(&self, tenant: String, mut child: PyChild) {
-        // Dropping a child kills it.
+    /// Whether `child` may serve on after a task: not once its replacement is ready, nor
+    /// over its memory limit. Starts the replacement of a child at its task limit.
+    fn review(&self, tenant: &str, child: &mut PyChild) -> bool {
         if child.retired() {
             tracing::debug!(pid = child.hello.pid, tasks = child.tasks, "recycled python child after its task limit");
-            return;
+            return false;
         }
         if let Some(limit) = self.config.max_child_memory {
             // Read only with a limit: it costs a system call per task.
             if let Some(rss) = child.resident_bytes().filter(|rss| *rss > limit) {
-                // At once: the next task of the tenant starts a fresh child.
                 tracing::info!(pid = child.hello.pid, rss, limit, "recycling python child over its memory limit");
-                return;
+                return false;
             }
         }
         if child.tasks >= self.config.max_tasks_per_child && child.successor.is_none() {
             let ready = Arc::new(AtomicBool::new(false));
             child.successor = Some(ready.clone());
-            self.start_successor(tenant.clone(), ready);
+            self.start_successor(tenant.to_string(), ready);
         }
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.entry(tenant).or_default().push(child);
+        true
+    }
+
+    fn give_back(&self, tenant: String, mut child: PyChild) {
+        // Dropping a child kills it; the next task of the tenant starts a fresh one.
+        if self.review(&tenant, &mut child) {
+            // Back under its limits: tasks may queue in it again.
+            child.input.closed.store(false, Ordering::Release);
+            lock(&self.idle).entry(tenant).or_default().push(child);
         }
     }
 
     /// Starts the replacement of a child at its task limit; the child serves on until
     /// the replacement is in the pool, then goes: at once if idle, else when its task
-    /// ends (see [`Self::give_back`]). If the replacement cannot start, the child goes
+    /// ends (see [`Self::review`]). If the replacement cannot start, the child goes
     /// anyway and the next task starts one itself (and reports why it cannot).
     fn start_successor(&self, tenant: String, ready: Arc<AtomicBool>) {
         let this = self.clone();
@@ -398,71 +537,170 @@ impl PythonExecutor {
     /// Lets go of the tenant's idle children that are retired (only replaced children
     /// retire, so only [`Self::start_successor`] calls this).
     fn prune(&self, tenant: &str) {
-        let retired: Vec<PyChild> = match self.idle.lock() {
-            Ok(mut idle) => match idle.get_mut(tenant) {
-                Some(list) if list.iter().any(PyChild::retired) => {
-                    let (retired, serving) = list.drain(..).partition(PyChild::retired);
-                    *list = serving;
-                    retired
-                }
-                _ => Vec::new(),
-            },
-            Err(_) => Vec::new(),
+        let retired: Vec<PyChild> = match lock(&self.idle).get_mut(tenant) {
+            Some(list) if list.iter().any(PyChild::retired) => {
+                let (retired, serving) = list.drain(..).partition(PyChild::retired);
+                *list = serving;
+                retired
+            }
+            _ => Vec::new(),
         };
         drop(retired); // outside the lock: dropping kills
     }
 
     /// Number of idle children of a tenant (for tests and status).
     pub fn idle_children(&self, tenant: &str) -> usize {
-        self.idle.lock().map(|i| i.get(tenant).map_or(0, Vec::len)).unwrap_or(0)
+        lock(&self.idle).get(tenant).map_or(0, Vec::len)
+    }
+
+    /// Opens the lane of an attempt about to run.
+    fn open_lane(&self, attempt: AttemptId, tenant: &str, input: Option<Arc<ChildInput>>) -> LaneGuard {
+        lock(&self.lanes).insert(attempt, Lane { tenant: tenant.to_string(), input, follower: None });
+        LaneGuard { lanes: self.lanes.clone(), attempt }
+    }
+
+    /// Queues `attempt` behind `behind`: its request goes into the child of `behind` at
+    /// once if that attempt has one of the same tenant that takes more work. Returns the
+    /// lane of `attempt` and, unless `behind` has ended, where its handover will come.
+    fn queue_behind(
+        &self,
+        attempt: AttemptId,
+        tenant: &str,
+        pins: &[SharedPinned],
+        payload: &Arc<Vec<u8>>,
+        behind: AttemptId,
+    ) -> (LaneGuard, Option<oneshot::Receiver<Handover>>) {
+        let mut lanes = lock(&self.lanes);
+        let mut queued_in = None;
+        let mut handover = None;
+        if let Some(lane) = lanes.get_mut(&behind).filter(|lane| lane.follower.is_none() && lane.tenant == tenant) {
+            let (tx, rx) = oneshot::channel();
+            let target = lane.input.clone().filter(|input| !input.closed.load(Ordering::Acquire));
+            if let Some(input) = target {
+                if input.send(pins, &self.stale(tenant, &input), payload.clone()) {
+                    queued_in = Some(input);
+                }
+            }
+            lane.follower = Some(Follower { handover: tx, queued: queued_in.is_some() });
+            handover = Some(rx);
+        }
+        drop(lanes);
+        (self.open_lane(attempt, tenant, queued_in), handover)
+    }
+
+    /// Runs an attempt on an idle child of its tenant, or a new one.
+    async fn run_alone(
+        &self,
+        tenant: String,
+        pins: Vec<SharedPinned>,
+        payload: Arc<Vec<u8>>,
+        lane: LaneGuard,
+    ) -> Outcome {
+        let mut child = match self.take_idle(&tenant) {
+            Some(child) => child,
+            None => match PyChild::spawn(&self.config).await {
+                Ok(child) => child,
+                Err(e) => return failed(ErrorKind::WorkerLost, e.to_string()),
+            },
+        };
+        let stale = self.stale(&tenant, &child.input);
+        if !child.input.send(&pins, &stale, payload) {
+            let e = child.died().await;
+            tracing::warn!(error = %e, "python child failed");
+            return failed(ErrorKind::WorkerLost, e.to_string());
+        }
+        lane.set_input(&child.input);
+        self.finish(tenant, child, pins, lane).await
+    }
+
+    /// Reads the answer to the attempt's request, then passes the child on: to the
+    /// follower whose request is queued in it, else back to the pool.
+    async fn finish(&self, tenant: String, mut child: PyChild, pins: Vec<SharedPinned>, lane: LaneGuard) -> Outcome {
+        let answer = child.answer().await;
+        // The child maps the objects itself; it needs no handle of ours.
+        drop(pins);
+        let follower = lane.end();
+        let outcome = match answer {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // A follower's request was lost with the child: it runs alone.
+                tracing::warn!(error = %e, "python child failed");
+                return failed(ErrorKind::WorkerLost, e.to_string());
+            }
+        };
+        match follower {
+            Some(Follower { handover, queued: true }) => {
+                if !self.review(&tenant, &mut child) {
+                    // It runs the follower's task, already in its pipe, and no other.
+                    child.input.closed.store(true, Ordering::Release);
+                }
+                if let Err(unsent) = handover.send(Handover::Child(Box::new(child))) {
+                    // The follower was cancelled; its request cannot be taken back.
+                    tracing::debug!("letting a python child go: a cancelled task is queued in it");
+                    drop(unsent);
+                }
+            }
+            Some(Follower { handover, queued: false }) => {
+                self.settle(tenant, child).await;
+                let _ = handover.send(Handover::Alone);
+            }
+            None => self.settle(tenant, child).await,
+        }
+        outcome
     }
 }
 
 impl Executor for PythonExecutor {
     fn run(&self, assignment: Assignment, pins: Vec<SharedPinned>) -> OutcomeFuture {
         let this = self.clone();
+        // Now, not when the future first runs: the worker may queue an attempt behind
+        // this one before that.
+        let lane = this.open_lane(assignment.attempt, &assignment.tenant, None);
         Box::pin(async move {
-            let tenant = assignment.tenant;
-            this.revive(&tenant, &pins);
-            let mut child = match this.take_idle(&tenant) {
-                Some(child) => child,
-                None => match PyChild::spawn(&this.config).await {
-                    Ok(child) => child,
-                    Err(e) => return failed(ErrorKind::WorkerLost, e.to_string()),
-                },
+            this.revive(&assignment.tenant, &pins);
+            this.run_alone(assignment.tenant, pins, Arc::new(assignment.payload), lane).await
+        })
+    }
+
+    fn run_behind(
+        &self,
+        assignment: Assignment,
+        pins: Vec<SharedPinned>,
+        behind: AttemptId,
+        report: Report,
+    ) -> RunFuture {
+        let this = self.clone();
+        let Assignment { attempt, tenant, payload, .. } = assignment;
+        let payload = Arc::new(payload);
+        this.revive(&tenant, &pins);
+        let (lane, handover) = this.queue_behind(attempt, &tenant, &pins, &payload, behind);
+        Box::pin(async move {
+            let handover = match handover {
+                Some(handover) => handover.await.unwrap_or(Handover::Alone),
+                None => Handover::Alone,
             };
-            let stale = this.stale(&tenant, &child);
-            let update = child.update(&pins, &stale);
-            match child.call(&update, &assignment.payload).await {
-                Ok(outcome) => {
-                    // The child maps the objects itself; it needs no handle of ours.
-                    drop(pins);
-                    this.settle(tenant, child).await;
-                    outcome
+            let started = Instant::now();
+            let outcome = match handover {
+                Handover::Child(child) => this.finish(tenant, *child, pins, lane).await,
+                Handover::Alone => {
+                    lane.lose_input();
+                    this.run_alone(tenant, pins, payload, lane).await
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "python child failed");
-                    failed(ErrorKind::WorkerLost, e.to_string())
-                }
-            }
+            };
+            report(AttemptResult { attempt, outcome, run_micros: started.elapsed().as_micros() as u64 });
         })
     }
 
     fn forget(&self, tenant: &str, key: &ObjectKey) {
-        if let Ok(mut dropped) = self.dropped.lock() {
-            dropped.entry(tenant.to_string()).or_default().insert(*key);
-        }
-        // Idle children let go at once (busy ones when their task ends).
-        let children: Vec<PyChild> = match self.idle.lock() {
-            Ok(mut idle) => match idle.get_mut(tenant) {
-                Some(list) => {
-                    let (knowing, rest): (Vec<_>, Vec<_>) = list.drain(..).partition(|c| c.known.contains(key));
-                    *list = rest;
-                    knowing
-                }
-                None => Vec::new(),
-            },
-            Err(_) => Vec::new(),
+        lock(&self.dropped).entry(tenant.to_string()).or_default().insert(*key);
+        // Idle children let go at once (busy ones with their next request).
+        let children: Vec<PyChild> = match lock(&self.idle).get_mut(tenant) {
+            Some(list) => {
+                let (knowing, rest): (Vec<_>, Vec<_>) = list.drain(..).partition(|c| c.input.knows(key));
+                *list = rest;
+                knowing
+            }
+            None => Vec::new(),
         };
         for child in children {
             let (this, tenant) = (self.clone(), tenant.to_string());
