@@ -191,8 +191,9 @@ fn pickle_fn(py: &str, source: &str) -> Vec<u8> {
     out.stdout
 }
 
-/// A task that creates the file `MARKER`, then waits (bounded) until a request is
-/// waiting in its child's request pipe and returns `(pid, whether one came)`.
+/// A task that creates the file `MARKER`, waits up to `PATIENCE` seconds until a request
+/// is waiting in its child's request pipe, creates `MARKER.seen` if one came, then runs
+/// `THEN` (a statement) and returns `(pid, whether one came)`.
 const WAIT_FOR_NEXT_REQUEST: &str = r#"
 def f():
     import array, fcntl, stat, termios, time
@@ -204,20 +205,23 @@ def f():
         except OSError:
             return False
     pipes = [fd for fd in map(int, os.listdir("/proc/self/fd")) if request_pipe(fd)]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    deadline, seen = time.monotonic() + PATIENCE, False
+    while not seen and time.monotonic() < deadline:
         for fd in pipes:
             waiting = array.array("i", [0])
             fcntl.ioctl(fd, termios.FIONREAD, waiting)
-            if waiting[0] > 0:
-                return (os.getpid(), True)
+            seen = seen or waiting[0] > 0
         time.sleep(0.001)
-    return (os.getpid(), False)
+    if seen:
+        open(MARKER + ".seen", "w").close()
+    exec(THEN)
+    return (os.getpid(), seen)
 "#;
 
 mod pipelining {
     use super::*;
     use std::future::Future;
+    use std::path::{Path, PathBuf};
     use std::pin::Pin;
     use std::task::{Context, Poll, Waker};
 
@@ -234,8 +238,8 @@ mod pipelining {
         PythonExecutor::new(PythonConfig { python: py.into(), ..PythonConfig::default() })
     }
 
-    /// Polls a run once, as the worker does when it starts an attempt: a warm child
-    /// gets the request before the call returns.
+    /// Starts a run and polls it once, as the worker does: a warm child gets the
+    /// request before this returns.
     fn start(executor: &PythonExecutor, assignment: Assignment) -> OutcomeFuture {
         let mut run = executor.run(assignment, vec![]);
         let mut cx = Context::from_waker(Waker::noop());
@@ -243,17 +247,19 @@ mod pipelining {
         run
     }
 
+    type Behind = (Pin<Box<dyn Future<Output = ()> + Send>>, mpsc::UnboundedReceiver<AttemptResult>);
+
     /// Starts `assignment` behind attempt `behind`; its report comes on the receiver.
-    fn behind(
-        executor: &PythonExecutor,
-        assignment: Assignment,
-        behind: u64,
-    ) -> (Pin<Box<dyn Future<Output = ()> + Send>>, mpsc::UnboundedReceiver<AttemptResult>) {
+    fn behind(executor: &PythonExecutor, assignment: Assignment, behind: u64) -> Behind {
         let (tx, rx) = mpsc::unbounded_channel();
         let report: Report = Box::new(move |result| {
             let _ = tx.send(result);
         });
         (executor.run_behind(assignment, vec![], behind, report), rx)
+    }
+
+    fn getpid(py: &str) -> Vec<u8> {
+        pickle(py, "lambda: os.getpid()")
     }
 
     async fn pid_of(py: &str, run: OutcomeFuture) -> String {
@@ -263,43 +269,68 @@ mod pipelining {
 
     /// A warm child's pid.
     async fn warm_up(py: &str, executor: &PythonExecutor) -> String {
-        pid_of(py, executor.run(task(100, pickle(py, "lambda: os.getpid()")), vec![])).await
+        pid_of(py, executor.run(task(100, getpid(py)), vec![])).await
     }
 
-    /// The leader task of these tests: it announces that it runs by creating a file,
-    /// so that the follower's request comes while it runs (not with its own, which the
-    /// child's buffered read would take in one go).
-    struct Leader {
-        marker: std::path::PathBuf,
+    async fn result_of(what: &str, rx: &mut mpsc::UnboundedReceiver<AttemptResult>) -> Outcome {
+        bounded(what, rx.recv()).await.expect("reported").outcome
+    }
+
+    /// A [`WAIT_FOR_NEXT_REQUEST`] task. It announces that it runs by creating a file, so
+    /// that a follower's request comes while it runs (not with its own request, which
+    /// the child's buffered read would take in one go), and another once it saw one.
+    struct Probe {
+        marker: PathBuf,
         payload: Vec<u8>,
     }
 
-    impl Leader {
-        fn new(py: &str, name: &str) -> Self {
-            let marker = std::env::temp_dir().join(format!("stockade-leader-{}-{name}", std::process::id()));
-            let _ = std::fs::remove_file(&marker);
-            let source = format!("MARKER = {:?}\n{WAIT_FOR_NEXT_REQUEST}", marker.display().to_string());
+    impl Probe {
+        fn new(py: &str, name: &str, then: &str) -> Self {
+            Self::with_patience(py, name, then, 30)
+        }
+
+        fn with_patience(py: &str, name: &str, then: &str, patience_secs: u32) -> Self {
+            let marker = std::env::temp_dir().join(format!("stockade-probe-{}-{name}", std::process::id()));
+            let seen = Self::seen_path(&marker);
+            for path in [&marker, &seen] {
+                let _ = std::fs::remove_file(path);
+            }
+            let source = format!(
+                "MARKER = {:?}\nTHEN = {then:?}\nPATIENCE = {patience_secs}\n{WAIT_FOR_NEXT_REQUEST}",
+                marker.display().to_string()
+            );
             Self { payload: pickle_fn(py, &source), marker }
         }
 
-        /// Starts it and waits until it runs.
-        async fn start(&self, executor: &PythonExecutor) -> OutcomeFuture {
-            let mut run = start(executor, task(1, self.payload.clone()));
-            let mut cx = Context::from_waker(Waker::noop());
-            bounded("the leader's start", async {
-                while !self.marker.exists() {
-                    assert!(run.as_mut().poll(&mut cx).is_pending(), "the leader ended early");
+        fn seen_path(marker: &Path) -> PathBuf {
+            PathBuf::from(format!("{}.seen", marker.display()))
+        }
+
+        async fn wait_for(what: &str, path: &Path) {
+            bounded(what, async {
+                while !path.exists() {
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 }
             })
             .await;
-            let _ = std::fs::remove_file(&self.marker);
-            run
+        }
+
+        /// Waits until the task runs.
+        async fn running(&self) {
+            Self::wait_for("the probe's start", &self.marker).await;
+        }
+
+        /// Waits until the task saw the next request in its pipe.
+        async fn saw_request(&self) {
+            Self::wait_for("the follower's request in the probe's pipe", &Self::seen_path(&self.marker)).await;
         }
     }
 
-    async fn result_of(what: &str, mut rx: mpsc::UnboundedReceiver<AttemptResult>) -> Outcome {
-        bounded(what, rx.recv()).await.expect("reported").outcome
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(Self::seen_path(&self.marker));
+            let _ = std::fs::remove_file(&self.marker);
+        }
     }
 
     #[tokio::test]
@@ -307,14 +338,24 @@ mod pipelining {
         let py = python();
         let executor = executor(&py);
         let warm = warm_up(&py, &executor).await;
-        let leader = Leader::new(&py, "queued").start(&executor).await;
-        let (follower, rx) = behind(&executor, task(2, pickle(&py, "lambda: os.getpid()")), 1);
+        let (first, second) = (Probe::new(&py, "chain-1", "pass"), Probe::new(&py, "chain-2", "pass"));
+        let leader = start(&executor, task(1, first.payload.clone()));
+        first.running().await;
+        // A follower, and once it leads, a follower of its own: one child runs all three.
+        let (follower, mut rx) = behind(&executor, task(2, second.payload.clone()), 1);
         let follower = tokio::spawn(follower);
         let Outcome::Ok(bytes) = bounded("leader", leader).await else { panic!("the leader failed") };
         assert_eq!(inspect(&py, &bytes, "x"), format!("({warm}, True)"), "the follower's request was waiting");
-        let Outcome::Ok(bytes) = result_of("follower", rx).await else { panic!("the follower failed") };
-        assert_eq!(inspect(&py, &bytes, "x"), warm, "the follower ran in the same child");
-        bounded("follower's run", follower).await.expect("joined");
+        second.running().await;
+        let (third, mut third_rx) = behind(&executor, task(3, getpid(&py)), 2);
+        let third = tokio::spawn(third);
+        let Outcome::Ok(bytes) = result_of("follower", &mut rx).await else { panic!("the follower failed") };
+        assert_eq!(inspect(&py, &bytes, "x"), format!("({warm}, True)"), "the follower ran in the same child");
+        let Outcome::Ok(bytes) = result_of("third", &mut third_rx).await else { panic!("the third failed") };
+        assert_eq!(inspect(&py, &bytes, "x"), warm);
+        for run in [follower, third] {
+            bounded("a follower's run", run).await.expect("joined");
+        }
         assert_eq!(executor.idle_children("t"), 1, "no other child was started");
     }
 
@@ -323,12 +364,15 @@ mod pipelining {
         let py = python();
         let executor = executor(&py);
         let warm = warm_up(&py, &executor).await;
-        let leader = start(&executor, task(1, pickle(&py, "lambda: os._exit(3)")));
-        let (follower, rx) = behind(&executor, task(2, pickle(&py, "lambda: os.getpid()")), 1);
+        let probe = Probe::new(&py, "dies", "os._exit(3)");
+        let leader = start(&executor, task(1, probe.payload.clone()));
+        probe.running().await;
+        let (follower, mut rx) = behind(&executor, task(2, getpid(&py)), 1);
         let follower = tokio::spawn(follower);
+        probe.saw_request().await; // the follower's request dies with the child
         let e = task_error(bounded("leader", leader).await, ErrorKind::WorkerLost);
         assert!(e.message.contains("exit status 3"), "{}", e.message);
-        let Outcome::Ok(bytes) = result_of("follower", rx).await else { panic!("the follower was lost") };
+        let Outcome::Ok(bytes) = result_of("follower", &mut rx).await else { panic!("the follower was lost") };
         assert_ne!(inspect(&py, &bytes, "x"), warm);
         bounded("follower's run", follower).await.expect("joined");
     }
@@ -338,15 +382,17 @@ mod pipelining {
         let py = python();
         let executor = executor(&py);
         let warm = warm_up(&py, &executor).await;
-        let leader = Leader::new(&py, "cancelled-follower").start(&executor).await;
-        let (follower, mut rx) = behind(&executor, task(2, pickle(&py, "lambda: os.getpid()")), 1);
+        let probe = Probe::new(&py, "cancelled-follower", "pass");
+        let leader = start(&executor, task(1, probe.payload.clone()));
+        probe.running().await;
+        let (follower, mut rx) = behind(&executor, task(2, getpid(&py)), 1);
         drop(follower); // cancelled, with its request in the child's pipe
         let Outcome::Ok(bytes) = bounded("leader", leader).await else { panic!("the leader failed") };
         assert_eq!(inspect(&py, &bytes, "x"), format!("({warm}, True)"));
         let report = rx.try_recv();
         assert!(matches!(report, Err(mpsc::error::TryRecvError::Disconnected)), "a cancelled attempt reports nothing");
         assert_eq!(executor.idle_children("t"), 0, "the child holding a cancelled request went");
-        assert_ne!(pid_of(&py, executor.run(task(3, pickle(&py, "lambda: os.getpid()")), vec![])).await, warm);
+        assert_ne!(pid_of(&py, executor.run(task(3, getpid(&py)), vec![])).await, warm);
     }
 
     #[tokio::test]
@@ -354,12 +400,35 @@ mod pipelining {
         let py = python();
         let executor = executor(&py);
         let warm = warm_up(&py, &executor).await;
-        let leader = start(&executor, task(1, pickle(&py, "lambda: __import__('time').sleep(60)")));
-        let (follower, rx) = behind(&executor, task(2, pickle(&py, "lambda: os.getpid()")), 1);
+        let probe = Probe::new(&py, "cancelled-leader", "time.sleep(60)");
+        let leader = start(&executor, task(1, probe.payload.clone()));
+        probe.running().await;
+        let (follower, mut rx) = behind(&executor, task(2, getpid(&py)), 1);
         let follower = tokio::spawn(follower);
+        probe.saw_request().await;
         drop(leader); // cancelled: its child is killed, with the follower's request
-        let Outcome::Ok(bytes) = result_of("follower", rx).await else { panic!("the follower was lost") };
+        let Outcome::Ok(bytes) = result_of("follower", &mut rx).await else { panic!("the follower was lost") };
         assert_ne!(inspect(&py, &bytes, "x"), warm);
+        bounded("follower's run", follower).await.expect("joined");
+    }
+
+    #[tokio::test]
+    async fn no_task_is_queued_in_another_tenants_child() {
+        let py = python();
+        let executor = executor(&py);
+        let warm = warm_up(&py, &executor).await;
+        // The other tenant's task must end before the probe does (it waits 1 s): then
+        // it cannot have been queued behind it.
+        let probe = Probe::with_patience(&py, "tenants", "pass", 1);
+        let leader = start(&executor, task(1, probe.payload.clone()));
+        probe.running().await;
+        let other = Assignment { tenant: "u".into(), ..task(2, getpid(&py)) };
+        let (follower, mut rx) = behind(&executor, other, 1);
+        let follower = tokio::spawn(follower);
+        let Outcome::Ok(bytes) = result_of("other tenant's task", &mut rx).await else { panic!("it failed") };
+        assert_ne!(inspect(&py, &bytes, "x"), warm, "the other tenant's task ran in a child of its own");
+        let Outcome::Ok(bytes) = bounded("leader", leader).await else { panic!("the leader failed") };
+        assert_eq!(inspect(&py, &bytes, "x"), format!("({warm}, False)"), "nothing came into the leader's pipe");
         bounded("follower's run", follower).await.expect("joined");
     }
 }

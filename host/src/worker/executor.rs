@@ -56,8 +56,9 @@ pub trait Executor: Send + Sync + 'static {
     /// Runs one attempt that the worker pipelined behind the running attempt `behind`
     /// ([`WorkerAction::StartBehind`](super::state::WorkerAction::StartBehind)), calling
     /// `report` when it ends, with its own run time (from when it could start). Aborting
-    /// the future stops it. The default runs it at once, as [`run`](Self::run) would;
-    /// the Python executor queues it in the child running `behind`.
+    /// the future stops it. The worker pipelines only Python attempts, which the Python
+    /// executor queues in the child running `behind`; the default runs the attempt at
+    /// once, as [`run`](Self::run) would (beyond the slots, for a long task).
     fn run_behind(
         &self,
         assignment: Assignment,

@@ -88,6 +88,8 @@ enum Follower {
 /// A running attempt.
 #[derive(Debug)]
 struct Running {
+    /// Order of start: the earliest-started attempt is likely to end first.
+    seq: u64,
     /// Its run (attempts started alone have none).
     run: Option<RunId>,
     /// The tenant of a Python attempt (only those are pipelined).
@@ -98,9 +100,9 @@ struct Running {
 }
 
 impl Running {
-    fn new(run: Option<RunId>, assignment: &Assignment) -> Self {
+    fn new(seq: u64, run: Option<RunId>, assignment: &Assignment) -> Self {
         let python_tenant = matches!(assignment.kind, TaskKind::Python).then(|| assignment.tenant.clone());
-        Self { run, python_tenant, leader: None, follower: Follower::None }
+        Self { seq, run, python_tenant, leader: None, follower: Follower::None }
     }
 }
 
@@ -116,6 +118,8 @@ pub struct WorkerState {
     /// Attempts of each run not yet ended.
     runs: HashMap<RunId, usize>,
     next_run: RunId,
+    /// Attempts started so far ([`Running::seq`]).
+    started: u64,
     /// Mean time of the attempts that ran in runs, in microseconds.
     run_task_micros: Option<f64>,
     /// Mean time of Python attempts, in microseconds.
@@ -135,6 +139,7 @@ impl WorkerState {
             running: HashMap::new(),
             runs: HashMap::new(),
             next_run: 0,
+            started: 0,
             run_task_micros: None,
             python_task_micros: None,
             actions: Vec::new(),
@@ -177,7 +182,8 @@ impl WorkerState {
             };
             self.busy += 1;
             if !runs_back_to_back(&next.kind) {
-                self.running.insert(next.attempt, Running::new(None, &next));
+                let running = Running::new(self.next_seq(), None, &next);
+                self.running.insert(next.attempt, running);
                 self.actions.push(WorkerAction::Start(next));
                 continue;
             }
@@ -191,7 +197,8 @@ impl WorkerState {
                 }
             }
             for member in &members {
-                self.running.insert(member.attempt, Running::new(Some(run), member));
+                let running = Running::new(self.next_seq(), Some(run), member);
+                self.running.insert(member.attempt, running);
             }
             self.runs.insert(run, members.len());
             self.actions.push(WorkerAction::StartRun(members));
@@ -207,12 +214,16 @@ impl WorkerState {
         }
         while let Some(next) = self.waiting.front() {
             let TaskKind::Python = next.kind else { return };
-            let leader = self.running.iter().find(|(_, r)| {
-                r.leader.is_none() && r.follower == Follower::None && r.python_tenant.as_ref() == Some(&next.tenant)
-            });
+            let leader = self
+                .running
+                .iter()
+                .filter(|(_, r)| {
+                    r.leader.is_none() && r.follower == Follower::None && r.python_tenant.as_ref() == Some(&next.tenant)
+                })
+                .min_by_key(|(_, r)| r.seq);
             let Some((&behind, _)) = leader else { return };
             let Some(next) = self.waiting.pop_front() else { return };
-            let mut running = Running::new(None, &next);
+            let mut running = Running::new(self.next_seq(), None, &next);
             running.leader = Some(behind);
             self.running.insert(next.attempt, running);
             if let Some(leader) = self.running.get_mut(&behind) {
@@ -220,6 +231,11 @@ impl WorkerState {
             }
             self.actions.push(WorkerAction::StartBehind { assignment: next, behind });
         }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.started += 1;
+        self.started
     }
 
     /// How many attempts the next run takes: one until a task time is known.
@@ -495,5 +511,15 @@ mod tests {
         assert!(step(&mut s, WorkerEvent::Assigned(vec![py(4)])).is_empty());
         let acts = step(&mut s, WorkerEvent::Completed(took(2, 50)));
         assert_eq!(acts, vec![WorkerAction::Report(took(2, 50)), WorkerAction::Start(py(4))]);
+    }
+
+    #[test]
+    fn the_earliest_started_attempt_is_the_leader() {
+        let mut s = WorkerState::new(3);
+        step(&mut s, WorkerEvent::Assigned(vec![py(1)]));
+        step(&mut s, WorkerEvent::Completed(took(1, 50)));
+        step(&mut s, WorkerEvent::Assigned(vec![py(2), py(3), py(4)]));
+        let acts = step(&mut s, WorkerEvent::Assigned(vec![py(5), py(6), py(7)]));
+        assert_eq!(acts, vec![behind(5, 2), behind(6, 3), behind(7, 4)]);
     }
 }

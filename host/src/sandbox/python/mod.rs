@@ -15,7 +15,9 @@
 //! attempt then takes the child over and reads its own answer. If the leader's child dies
 //! or the leader is cancelled first, the request was lost with the child and the attempt
 //! runs on another child; if the follower is cancelled first, its request cannot be taken
-//! back, so the child is let go once the leader's answer is in.
+//! back, so the child is let go once the leader's answer is in (the cancelled task may
+//! have begun by then, as a running task that is cancelled has). A child over a limit
+//! after a task still runs the one already queued in it, then goes.
 //!
 //! Pinned objects reach a child as file locations: with a task that needs them, the
 //! worker tells the child (once per child) where each object's file is and where its
@@ -57,7 +59,8 @@ pub struct PythonConfig {
     pub python: String,
     /// A child is replaced after this many tasks.
     pub max_tasks_per_child: u32,
-    /// A child whose resident memory exceeds this many bytes after a task is replaced.
+    /// A child whose resident memory exceeds this many bytes after a task is replaced
+    /// (once the task already queued in its pipe, if any, has run too).
     pub max_child_memory: Option<u64>,
     /// Threads each child's numeric libraries may start (OpenMP, OpenBLAS, MKL,
     /// Accelerate, numexpr), as loky gives its workers: [`THREAD_LIMIT_VARS`] not set in
@@ -166,29 +169,15 @@ impl ChildInput {
 
     /// Queues a request: the update telling the child about `pins` it has not seen and
     /// to drop `forget`, then `payload` (none for an update alone). False if the child's
-    /// pipe is gone.
+    /// pipe is gone; what the child knows changes only with a queued request.
     fn send(&self, pins: &[SharedPinned], forget: &[ObjectKey], payload: Arc<Vec<u8>>) -> bool {
-        let update = self.update(pins, forget);
-        let (Ok(update_len), Ok(len)) = (u32::try_from(update.len()), u32::try_from(4 + update.len() + payload.len()))
-        else {
-            return false;
-        };
-        let mut head = Vec::with_capacity(8 + update.len());
-        head.extend_from_slice(&len.to_le_bytes());
-        head.extend_from_slice(&update_len.to_le_bytes());
-        head.extend_from_slice(&update);
-        self.requests.send(Request { head, payload }).is_ok()
-    }
-
-    /// The update for [`Self::send`] (JSON, empty when there is nothing to say); notes
-    /// what the child now knows.
-    fn update(&self, pins: &[SharedPinned], forget: &[ObjectKey]) -> Vec<u8> {
-        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut known = lock(&self.known);
         let mut update = ObjectUpdate::default();
+        let mut learnt = Vec::new();
         for pin in pins {
             let key = pin.header().key;
-            if let (Some(layout), false) = (pin.layout(), known.contains(&key)) {
-                known.insert(key);
+            if let (Some(layout), false) = (pin.layout(), known.contains(&key) || learnt.contains(&key)) {
+                learnt.push(key);
                 let location = ObjectLocation {
                     path: pin.path().display().to_string(),
                     pickle: layout.pickle,
@@ -197,15 +186,29 @@ impl ChildInput {
                 update.pins.insert(hex::encode(key), location);
             }
         }
-        for key in forget {
-            if known.remove(key) {
-                update.forget.push(hex::encode(key));
-            }
+        let forgotten: Vec<ObjectKey> = forget.iter().filter(|key| known.contains(*key)).copied().collect();
+        update.forget = forgotten.iter().map(hex::encode).collect();
+        let update = if update.pins.is_empty() && update.forget.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::to_vec(&update).unwrap_or_default()
+        };
+        let (Ok(update_len), Ok(len)) = (u32::try_from(update.len()), u32::try_from(4 + update.len() + payload.len()))
+        else {
+            return false;
+        };
+        let mut head = Vec::with_capacity(8 + update.len());
+        head.extend_from_slice(&len.to_le_bytes());
+        head.extend_from_slice(&update_len.to_le_bytes());
+        head.extend_from_slice(&update);
+        if self.requests.send(Request { head, payload }).is_err() {
+            return false;
         }
-        if update.pins.is_empty() && update.forget.is_empty() {
-            return Vec::new();
+        known.extend(learnt);
+        for key in &forgotten {
+            known.remove(key);
         }
-        serde_json::to_vec(&update).unwrap_or_default()
+        true
     }
 
     fn knows(&self, key: &ObjectKey) -> bool {
@@ -424,6 +427,22 @@ impl LaneGuard {
         }
     }
 
+    /// The attempt has its answer: no request goes into its child any more. Returns the
+    /// handover of the follower whose request is already there, if any (a follower
+    /// that is not queued stays, to run alone once the child is back in the pool).
+    fn close(&self) -> Option<oneshot::Sender<Handover>> {
+        let mut lanes = lock(&self.lanes);
+        let lane = lanes.get_mut(&self.attempt)?;
+        lane.input = None;
+        match lane.follower.take() {
+            Some(Follower { handover, queued: true }) => Some(handover),
+            other => {
+                lane.follower = other;
+                None
+            }
+        }
+    }
+
     /// The attempt ended: its follower, if any.
     fn end(self) -> Option<Follower> {
         lock(&self.lanes).remove(&self.attempt).and_then(|lane| lane.follower)
@@ -619,32 +638,31 @@ impl PythonExecutor {
         let answer = child.answer().await;
         // The child maps the objects itself; it needs no handle of ours.
         drop(pins);
-        let follower = lane.end();
         let outcome = match answer {
             Ok(outcome) => outcome,
             Err(e) => {
-                // A follower's request was lost with the child: it runs alone.
+                // A follower's request was lost with the child: it runs alone (the
+                // lane's guard drops its handover).
                 tracing::warn!(error = %e, "python child failed");
                 return failed(ErrorKind::WorkerLost, e.to_string());
             }
         };
-        match follower {
-            Some(Follower { handover, queued: true }) => {
-                if !self.review(&tenant, &mut child) {
-                    // It runs the follower's task, already in its pipe, and no other.
-                    child.input.closed.store(true, Ordering::Release);
-                }
-                if let Err(unsent) = handover.send(Handover::Child(Box::new(child))) {
-                    // The follower was cancelled; its request cannot be taken back.
-                    tracing::debug!("letting a python child go: a cancelled task is queued in it");
-                    drop(unsent);
-                }
+        if let Some(handover) = lane.close() {
+            if !self.review(&tenant, &mut child) {
+                // It runs the follower's task, already in its pipe, and no other.
+                child.input.closed.store(true, Ordering::Release);
             }
-            Some(Follower { handover, queued: false }) => {
-                self.settle(tenant, child).await;
-                let _ = handover.send(Handover::Alone);
+            if let Err(unsent) = handover.send(Handover::Child(Box::new(child))) {
+                // The follower was cancelled; its request cannot be taken back.
+                tracing::debug!("letting a python child go: a cancelled task is queued in it");
+                drop(unsent);
             }
-            None => self.settle(tenant, child).await,
+        } else {
+            self.settle(tenant, child).await;
+        }
+        // A follower that came while the child went back to the pool runs alone: on it.
+        if let Some(Follower { handover, .. }) = lane.end() {
+            let _ = handover.send(Handover::Alone);
         }
         outcome
     }
