@@ -285,10 +285,6 @@ mod pipelining {
     }
 
     impl Probe {
-        fn new(py: &str, name: &str, then: &str) -> Self {
-            Self::with_patience(py, name, then, 30)
-        }
-
         fn with_patience(py: &str, name: &str, then: &str, patience_secs: u32) -> Self {
             let marker = std::env::temp_dir().join(format!("stockade-probe-{}-{name}", std::process::id()));
             let seen = Self::seen_path(&marker);
@@ -333,12 +329,35 @@ mod pipelining {
         }
     }
 
+    /// A warm executor whose child runs a [`Probe`] as attempt 1.
+    struct Scene {
+        py: String,
+        executor: PythonExecutor,
+        /// The child's pid.
+        warm: String,
+        probe: Probe,
+        leader: OutcomeFuture,
+    }
+
+    impl Scene {
+        async fn start(name: &str, then: &str, patience_secs: u32) -> Self {
+            let py = python();
+            let executor = executor(&py);
+            let warm = warm_up(&py, &executor).await;
+            let probe = Probe::with_patience(&py, name, then, patience_secs);
+            let leader = start(&executor, task(1, probe.payload.clone()));
+            probe.running().await;
+            Self { py, executor, warm, probe, leader }
+        }
+    }
+
     #[tokio::test]
     async fn a_task_started_behind_another_waits_in_its_childs_pipe_and_runs_in_that_child() {
         let py = python();
         let executor = executor(&py);
         let warm = warm_up(&py, &executor).await;
-        let (first, second) = (Probe::new(&py, "chain-1", "pass"), Probe::new(&py, "chain-2", "pass"));
+        let (first, second) =
+            (Probe::with_patience(&py, "chain-1", "pass", 30), Probe::with_patience(&py, "chain-2", "pass", 30));
         let leader = start(&executor, task(1, first.payload.clone()));
         first.running().await;
         // A follower, and once it leads, a follower of its own: one child runs all three.
@@ -361,12 +380,7 @@ mod pipelining {
 
     #[tokio::test]
     async fn when_the_leaders_child_dies_the_follower_runs_in_a_new_one() {
-        let py = python();
-        let executor = executor(&py);
-        let warm = warm_up(&py, &executor).await;
-        let probe = Probe::new(&py, "dies", "os._exit(3)");
-        let leader = start(&executor, task(1, probe.payload.clone()));
-        probe.running().await;
+        let Scene { py, executor, warm, probe, leader } = Scene::start("dies", "os._exit(3)", 30).await;
         let (follower, mut rx) = behind(&executor, task(2, getpid(&py)), 1);
         let follower = tokio::spawn(follower);
         probe.saw_request().await; // the follower's request dies with the child
@@ -379,12 +393,7 @@ mod pipelining {
 
     #[tokio::test]
     async fn a_cancelled_follower_leaves_the_leaders_result_and_its_child_is_let_go() {
-        let py = python();
-        let executor = executor(&py);
-        let warm = warm_up(&py, &executor).await;
-        let probe = Probe::new(&py, "cancelled-follower", "pass");
-        let leader = start(&executor, task(1, probe.payload.clone()));
-        probe.running().await;
+        let Scene { py, executor, warm, probe: _probe, leader } = Scene::start("cancelled-follower", "pass", 30).await;
         let (follower, mut rx) = behind(&executor, task(2, getpid(&py)), 1);
         drop(follower); // cancelled, with its request in the child's pipe
         let Outcome::Ok(bytes) = bounded("leader", leader).await else { panic!("the leader failed") };
@@ -397,12 +406,7 @@ mod pipelining {
 
     #[tokio::test]
     async fn a_cancelled_leader_leaves_the_follower_to_run_in_a_new_child() {
-        let py = python();
-        let executor = executor(&py);
-        let warm = warm_up(&py, &executor).await;
-        let probe = Probe::new(&py, "cancelled-leader", "time.sleep(60)");
-        let leader = start(&executor, task(1, probe.payload.clone()));
-        probe.running().await;
+        let Scene { py, executor, warm, probe, leader } = Scene::start("cancelled-leader", "time.sleep(60)", 30).await;
         let (follower, mut rx) = behind(&executor, task(2, getpid(&py)), 1);
         let follower = tokio::spawn(follower);
         probe.saw_request().await;
