@@ -163,6 +163,23 @@ def test_large_arrays_are_scattered_automatically_once(idle_client):
     assert_released(idle_client, during)
 
 
+def test_the_backends_pins_go_at_the_end_of_its_with_block_without_a_collection(idle_client):
+    """joblib's Parallel and the backend refer to each other during a call; the backend
+    lets go when the call ends, so its pins do not wait for the garbage collector."""
+    big = np.ones((512, 1024))
+    before = pinned_keys(idle_client)
+    gc.disable()
+    try:
+        with parallel_backend("stockade", client=idle_client, scatter=[big]):
+            assert Parallel(n_jobs=2, batch_size=1)(delayed(column_sum)(big, j) for j in range(50)) == [512.0] * 50
+            during = pinned_keys(idle_client) - before
+        assert len(during) == 1
+        left = poll(lambda: pinned_keys(idle_client), lambda k: not (k & during), timeout=10)
+        assert not (left & during), "the pin outlived its with block"
+    finally:
+        gc.enable()
+
+
 def test_mid_sized_arrays_are_scattered_from_their_second_use(idle_client):
     mid = np.ones((100, 128))  # 100 KiB: under 1 MiB, over the 64 KiB reuse threshold
     once = np.full((100, 128), 2.0)

@@ -127,8 +127,14 @@ class StockadeBackend(AutoBatchingMixin, ParallelBackendBase):
         self.client.cancel_owned(self)
 
     def terminate(self):
-        """End of a Parallel call: the cluster stays, the batching statistics reset."""
+        """End of a Parallel call: the cluster stays, the batching statistics reset.
+
+        The backend lets go of its ``Parallel`` (``configure`` sets it again for the next
+        call): the two refer to each other, and the cycle would keep the backend, and so
+        its pins, until the next garbage collection instead of the end of its ``with``
+        block."""
         self.reset_batch_stats()
+        self.parallel = None
 
     def __reduce__(self):
         raise StockadeError("the stockade backend cannot be pickled into a task")
