@@ -17,7 +17,7 @@
 //! - A lost worker's attempts are requeued at the front of their session's queue; a
 //!   task that lost `allowed_failures` workers fails with [`ErrorKind::WorkerLost`].
 //! - A client that leaves has its queued and running tasks cancelled.
-//! - Pinned objects (see [`objects`]) belong to sessions; a session's tasks run only on
+//! - Pinned objects (see the private `objects` module) belong to sessions; a session's tasks run only on
 //!   workers that hold all of the session's objects.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
