@@ -21,10 +21,7 @@ fn python() -> String {
 
 /// cloudpickle of a zero-argument callable given as Python source of an expression.
 fn pickle(py: &str, expr: &str) -> Vec<u8> {
-    let code = format!("import cloudpickle, sys, os\nsys.stdout.buffer.write(cloudpickle.dumps({expr}))");
-    let out = Command::new(py).args(["-c", &code]).output().expect("python");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
+    pickle_fn(py, &format!("f = {expr}"))
 }
 
 /// Evaluates `expr` on the unpickled value `x` and returns it as text.

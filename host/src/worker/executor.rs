@@ -66,7 +66,7 @@ pub trait Executor: Send + Sync + 'static {
         _behind: AttemptId,
         report: Report,
     ) -> RunFuture {
-        one_by_one(self, vec![(assignment, pins)], Arc::default(), report)
+        at_once(self, assignment, pins, report)
     }
 
     /// The worker now holds `object` for `tenant`: prepare what tasks will derive from
@@ -131,6 +131,16 @@ fn one_by_one<E: Executor + ?Sized>(
     })
 }
 
+/// One attempt run at once and reported (what [`Executor::run_behind`] does by default).
+fn at_once<E: Executor + ?Sized>(
+    executor: &E,
+    assignment: Assignment,
+    pins: Vec<SharedPinned>,
+    report: Report,
+) -> RunFuture {
+    one_by_one(executor, vec![(assignment, pins)], Arc::default(), report)
+}
+
 /// An error outcome without detail.
 pub fn failed(kind: ErrorKind, message: String) -> Outcome {
     Outcome::Err(TaskError { kind, message, detail: Vec::new() })
@@ -175,7 +185,7 @@ impl Executor for Executors {
     ) -> RunFuture {
         match assignment.kind {
             TaskKind::Python => self.python.run_behind(assignment, pins, behind, report),
-            _ => one_by_one(self, vec![(assignment, pins)], Arc::default(), report),
+            _ => at_once(self, assignment, pins, report),
         }
     }
 

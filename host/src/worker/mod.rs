@@ -189,8 +189,8 @@ pub async fn run(
                             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
                             if let std::task::Poll::Ready(outcome) = future.as_mut().poll(&mut cx) {
                                 let run_micros = started.elapsed().as_micros() as u64;
-                                state.handle(WorkerEvent::Completed(AttemptResult { attempt, outcome, run_micros }));
-                                pending_actions.extend(state.take_actions());
+                                let result = AttemptResult { attempt, outcome, run_micros };
+                                end_now(&mut state, &mut pending_actions, result);
                                 continue;
                             }
                             let tx = tx.clone();
@@ -215,13 +215,7 @@ pub async fn run(
                                         members.push((assignment, pins));
                                     }
                                     Err(e) => {
-                                        let result = AttemptResult {
-                                            attempt: assignment.attempt,
-                                            outcome: Outcome::Err(e),
-                                            run_micros: 0,
-                                        };
-                                        state.handle(WorkerEvent::Completed(result));
-                                        pending_actions.extend(state.take_actions());
+                                        end_now(&mut state, &mut pending_actions, unresolved(assignment.attempt, e))
                                     }
                                 }
                             }
@@ -237,11 +231,7 @@ pub async fn run(
                                     let span = tracing::debug_span!("attempt", attempt, behind);
                                     running.insert(attempt, tokio::spawn(run.instrument(span)));
                                 }
-                                Err(e) => {
-                                    let result = AttemptResult { attempt, outcome: Outcome::Err(e), run_micros: 0 };
-                                    state.handle(WorkerEvent::Completed(result));
-                                    pending_actions.extend(state.take_actions());
-                                }
+                                Err(e) => end_now(&mut state, &mut pending_actions, unresolved(attempt, e)),
                             }
                         }
                         WorkerAction::Abort(attempt) => {
@@ -350,6 +340,18 @@ impl Uplink {
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         }
     }
+}
+
+/// An attempt that ended in the driver (at once, or before it could start): its result
+/// goes into the state now, and the actions that follow join those pending.
+fn end_now(state: &mut WorkerState, pending: &mut std::collections::VecDeque<WorkerAction>, result: AttemptResult) {
+    state.handle(WorkerEvent::Completed(result));
+    pending.extend(state.take_actions());
+}
+
+/// The result of an attempt whose pinned objects the worker does not hold.
+fn unresolved(attempt: AttemptId, error: TaskError) -> AttemptResult {
+    AttemptResult { attempt, outcome: Outcome::Err(error), run_micros: 0 }
 }
 
 /// Where an executor reports attempts it ends itself: into the worker's core loop.

@@ -212,7 +212,7 @@ impl ChildInput {
     }
 
     fn knows(&self, key: &ObjectKey) -> bool {
-        self.known.lock().unwrap_or_else(PoisonError::into_inner).contains(key)
+        lock(&self.known).contains(key)
     }
 }
 
@@ -278,9 +278,9 @@ impl PyChild {
         Ok(Self { process, input, stdout, hello, statm, tasks: 0, successor: None })
     }
 
-    /// Makes the child drop objects.
+    /// Makes the child drop objects it knows (see [`PythonExecutor::stale`]).
     async fn forget(&mut self, keys: &[ObjectKey]) -> Result<(), ChildError> {
-        if !keys.iter().any(|key| self.input.knows(key)) {
+        if keys.is_empty() {
             return Ok(());
         }
         if !self.input.send(&[], keys, Arc::default()) {
@@ -482,6 +482,12 @@ impl PythonExecutor {
         lock(&input.known).intersection(dropped).copied().collect()
     }
 
+    /// Queues a task's request in the child of `input`, with the update its pins and
+    /// the tenant's dropped objects call for (see [`ChildInput::send`]).
+    fn send(&self, tenant: &str, input: &ChildInput, pins: &[SharedPinned], payload: Arc<Vec<u8>>) -> bool {
+        input.send(pins, &self.stale(tenant, input), payload)
+    }
+
     /// Objects in use again are no longer dropped.
     fn revive(&self, tenant: &str, pins: &[SharedPinned]) {
         if let Some(d) = lock(&self.dropped).get_mut(tenant) {
@@ -596,7 +602,7 @@ impl PythonExecutor {
             let (tx, rx) = oneshot::channel();
             let target = lane.input.clone().filter(|input| !input.closed.load(Ordering::Acquire));
             if let Some(input) = target {
-                if input.send(pins, &self.stale(tenant, &input), payload.clone()) {
+                if self.send(tenant, &input, pins, payload.clone()) {
                     queued_in = Some(input);
                 }
             }
@@ -622,8 +628,7 @@ impl PythonExecutor {
                 Err(e) => return failed(ErrorKind::WorkerLost, e.to_string()),
             },
         };
-        let stale = self.stale(&tenant, &child.input);
-        if !child.input.send(&pins, &stale, payload) {
+        if !self.send(&tenant, &child.input, &pins, payload) {
             let e = child.died().await;
             tracing::warn!(error = %e, "python child failed");
             return failed(ErrorKind::WorkerLost, e.to_string());
