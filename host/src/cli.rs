@@ -146,9 +146,10 @@ struct WorkerArgs {
     /// Python interpreter for Python tasks (needs cloudpickle and the users' libraries).
     #[arg(long, default_value = "python3", env = "STOCKADE_PYTHON")]
     python: String,
-    /// Replace a Python child after this many tasks.
-    #[arg(long, default_value_t = 10_000)]
-    max_tasks_per_child: u32,
+    /// Replace a Python child after this many tasks (by default a child serves for as
+    /// long as it lives).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_tasks_per_child: Option<u32>,
     /// Replace a Python child whose resident memory exceeds this after a task (e.g. 2GiB).
     #[arg(long, value_parser = parse_bytes)]
     max_child_memory: Option<u64>,
@@ -489,7 +490,7 @@ fn worker_options(args: WorkerArgs, child_env: Vec<(String, String)>) -> anyhow:
             builtin: BuiltinExecutor,
             python: PythonExecutor::new(PythonConfig {
                 python: args.python,
-                max_tasks_per_child: args.max_tasks_per_child.max(1),
+                max_tasks_per_child: args.max_tasks_per_child,
                 max_child_memory: args.max_child_memory,
                 // The machine's cores shared among this worker's slots.
                 threads_per_child: Some(cores_per_slot(slots)),
@@ -862,7 +863,8 @@ fn hostname() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_bytes;
+    use super::{parse_bytes, Cli, Command};
+    use clap::Parser;
 
     #[test]
     fn sizes_parse_with_units() {
@@ -871,5 +873,20 @@ mod tests {
         assert_eq!(parse_bytes("512"), Ok(512));
         assert!(parse_bytes("lots").unwrap_err().contains("hint:"));
         assert!(parse_bytes("3 parsecs").is_err());
+    }
+
+    fn worker(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(["stockade", "worker", "127.0.0.1:8786"].iter().chain(args))
+    }
+
+    #[test]
+    fn a_python_child_serves_until_it_dies_unless_a_task_limit_is_given() {
+        let Ok(Cli { command: Command::Worker(args) }) = worker(&[]) else { panic!("worker arguments") };
+        assert_eq!(args.max_tasks_per_child, None);
+        let Ok(Cli { command: Command::Worker(args) }) = worker(&["--max-tasks-per-child", "500"]) else {
+            panic!("worker arguments")
+        };
+        assert_eq!(args.max_tasks_per_child, Some(500));
+        assert!(worker(&["--max-tasks-per-child", "0"]).is_err(), "a limit of 0 tasks would start no task");
     }
 }

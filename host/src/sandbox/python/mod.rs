@@ -2,7 +2,8 @@
 //!
 //! Each tenant has its own warm children (never two tenants in one child), started with
 //! the configured interpreter running the embedded `child.py`. A child is reused across
-//! tasks and recycled after `max_tasks_per_child`: its replacement starts in the
+//! tasks for as long as it lives (as loky's, dask's and Ray's are), or, with
+//! `max_tasks_per_child`, recycled after that many: its replacement starts in the
 //! background while it goes on serving, so recycling costs no task a cold start. A
 //! child that dies mid-task fails that attempt with [`ErrorKind::WorkerLost`], so the
 //! scheduler requeues it as it would for a lost worker; the worker itself lives on.
@@ -57,8 +58,11 @@ const STATUS_DONE: u8 = 3;
 pub struct PythonConfig {
     /// Interpreter to run (`python3` on PATH by default).
     pub python: String,
-    /// A child is replaced after this many tasks.
-    pub max_tasks_per_child: u32,
+    /// A child is replaced after this many tasks; `None` (the default) keeps it for
+    /// as long as it lives. Each replacement costs a cold start (the interpreter and
+    /// the task's imports) on a core the tasks share, so it is a remedy for tasks that
+    /// leak, as `max_child_memory` is, not a default.
+    pub max_tasks_per_child: Option<u32>,
     /// A child whose resident memory exceeds this many bytes after a task is replaced
     /// (once the task already queued in its pipe, if any, has run too).
     pub max_child_memory: Option<u64>,
@@ -75,7 +79,7 @@ impl Default for PythonConfig {
     fn default() -> Self {
         Self {
             python: "python3".into(),
-            max_tasks_per_child: 10_000,
+            max_tasks_per_child: None,
             max_child_memory: None,
             threads_per_child: None,
             child_env: Vec::new(),
@@ -298,7 +302,7 @@ impl PyChild {
             Ok(answer) => answer,
             Err(_) => return Err(self.died().await),
         };
-        self.tasks += 1;
+        self.tasks = self.tasks.saturating_add(1);
         let pid = self.hello.pid;
         let Some((&status, body)) = answer.split_first() else {
             return Err(ChildError::Protocol { pid, detail: "empty answer".into() });
@@ -525,7 +529,8 @@ impl PythonExecutor {
                 return false;
             }
         }
-        if child.tasks >= self.config.max_tasks_per_child && child.successor.is_none() {
+        let at_limit = self.config.max_tasks_per_child.is_some_and(|limit| child.tasks >= limit);
+        if at_limit && child.successor.is_none() {
             let ready = Arc::new(AtomicBool::new(false));
             child.successor = Some(ready.clone());
             self.start_successor(tenant.to_string(), ready);
