@@ -350,13 +350,8 @@ mod pipelining {
 
     #[tokio::test]
     async fn a_task_started_behind_another_waits_in_its_childs_pipe_and_runs_in_that_child() {
-        let py = python();
-        let executor = executor(&py);
-        let warm = warm_up(&py, &executor).await;
-        let (first, second) =
-            (Probe::with_patience(&py, "chain-1", "pass", 30), Probe::with_patience(&py, "chain-2", "pass", 30));
-        let leader = start(&executor, task(1, first.payload.clone()));
-        first.running().await;
+        let Scene { py, executor, warm, probe: _first, leader } = Scene::start("chain-1", "pass", 30).await;
+        let second = Probe::with_patience(&py, "chain-2", "pass", 30);
         // A follower, and once it leads, a follower of its own: one child runs all three.
         let (follower, mut rx) = behind(&executor, task(2, second.payload.clone()), 1);
         let follower = tokio::spawn(follower);
@@ -415,14 +410,9 @@ mod pipelining {
 
     #[tokio::test]
     async fn no_task_is_queued_in_another_tenants_child() {
-        let py = python();
-        let executor = executor(&py);
-        let warm = warm_up(&py, &executor).await;
         // The other tenant's task must end before the probe does (it waits 1 s): then
         // it cannot have been queued behind it.
-        let probe = Probe::with_patience(&py, "tenants", "pass", 1);
-        let leader = start(&executor, task(1, probe.payload.clone()));
-        probe.running().await;
+        let Scene { py, executor, warm, probe: _probe, leader } = Scene::start("tenants", "pass", 1).await;
         let other = Assignment { tenant: "u".into(), ..task(2, getpid(&py)) };
         let (follower, mut rx) = behind(&executor, other, 1);
         let follower = tokio::spawn(follower);
